@@ -55,6 +55,12 @@ class Op(Enum):
     ATTENTION = auto()  # (q, k, v [B, T, d]) arg=heads: causal self-attention
     CACHED_ATTENTION = auto()  # (q [B,Tq,d], kc, vc [B,S,d], pos scalar) arg=heads
     UPDATE_SLICE = auto()      # (buf [B,S,d], new [B,Tq,d], pos scalar) arg=axis: buf with new written at pos
+    # kernel IR only (tgc/ir/kernel.py): scalar code inside one kernel
+    LOAD = auto()       # arg=tensor name, srcs=(flat element index,)
+    GIDX = auto()       # the flat output index this invocation computes
+    RIDX = auto()       # the reduction loop index
+    IDIV = auto()       # integer floor division (operands >= 0)
+    MOD = auto()        # integer remainder (operands >= 0)
 
 
 class GroupOp:
@@ -66,6 +72,7 @@ class GroupOp:
     Reduce = frozenset({Op.SUM, Op.RMAX})
     Movement = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.PAD, Op.DSLICE})
     Composite = frozenset({Op.ATTENTION, Op.CACHED_ATTENTION})
+    Kernel = frozenset({Op.LOAD, Op.GIDX, Op.RIDX, Op.IDIV, Op.MOD})
     Commutative = frozenset({Op.ADD, Op.MUL, Op.MAX, Op.MIN, Op.CMPEQ})
 
 

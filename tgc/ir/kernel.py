@@ -1,0 +1,283 @@
+"""The kernel IR (.kir): what the scheduler hands to every code generator.
+
+A Kernel is one launch: an index space and, per output, a scalar expression tree
+(KExpr) over loads of tensors at computed flat indices. There are three kinds:
+
+- elementwise: for gid in [0, size): out_j[gid] = expr_j(gid)
+- reduce:      for gid in [0, size): out[gid] = SUM/RMAX over r in [0, R) of expr(gid, r)
+- matmul:      out[b, m, n] = sum_k A[b, m, k] * B[b, k, n], A and B strided views
+
+KExprs use the IR's Op enum (arithmetic, CONST, UNIFORM, WHERE, ...) plus the
+kernel-only ops LOAD, GIDX, RIDX, IDIV, MOD. Index arithmetic is simplified as it
+is built, using value bounds, so that a contiguous view folds back to `gid` and
+renderers emit no division where none is needed. Tensors are named; where a
+tensor lives (buffer, offset) is the memory plan's business, not the kernel's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tgc.ir.ops import Op
+
+INF = 1 << 62
+
+
+@dataclass(frozen=True)
+class KExpr:
+    op: Op
+    dtype: str
+    srcs: tuple["KExpr", ...] = ()
+    arg: Any = None
+    vmin: int = field(default=-INF, compare=False)
+    vmax: int = field(default=INF, compare=False)  # inclusive bounds, for i32 index math
+
+    def __hash__(self):
+        h = self.__dict__.get("_h")
+        if h is None:
+            h = hash((self.op, self.dtype, self.srcs, self.arg))
+            object.__setattr__(self, "_h", h)
+        return h
+
+    # operator sugar for index arithmetic
+    def __add__(self, o):
+        return iadd(self, o)
+
+    def __mul__(self, o):
+        return imul(self, o)
+
+    def __floordiv__(self, o):
+        return idiv(self, o)
+
+    def __mod__(self, o):
+        return imod(self, o)
+
+
+def const(v, dtype="i32") -> KExpr:
+    v = int(v) if dtype == "i32" else float(v)
+    b = v if dtype == "i32" else -INF
+    return KExpr(Op.CONST, dtype, (), v, b if dtype == "i32" else -INF, b if dtype == "i32" else INF)
+
+
+def _c(x) -> KExpr:
+    return x if isinstance(x, KExpr) else const(x)
+
+
+def _cv(x: KExpr):
+    return x.arg if x.op is Op.CONST else None
+
+
+def gidx(size: int) -> KExpr:
+    return KExpr(Op.GIDX, "i32", (), None, 0, size - 1)
+
+
+def ridx(size: int) -> KExpr:
+    return KExpr(Op.RIDX, "i32", (), None, 0, size - 1)
+
+
+def iadd(a, b) -> KExpr:
+    a, b = _c(a), _c(b)
+    if _cv(a) is not None and _cv(b) is not None:
+        return const(a.arg + b.arg)
+    if _cv(a) == 0:
+        return b
+    if _cv(b) == 0:
+        return a
+    if _cv(a) is not None:
+        a, b = b, a
+    # (x // c) * c + x % c  ->  x
+    for p, q in ((a, b), (b, a)):
+        if p.op is Op.MUL and q.op is Op.MOD and p.srcs[0].op is Op.IDIV:
+            x, c = p.srcs[0].srcs
+            if _cv(p.srcs[1]) == _cv(c) and q.srcs == (x, c):
+                return x
+    # fold constants: (x + c1) + c2
+    if _cv(b) is not None and a.op is Op.ADD and _cv(a.srcs[1]) is not None:
+        return iadd(a.srcs[0], a.srcs[1].arg + b.arg)
+    return KExpr(Op.ADD, "i32", (a, b), None, a.vmin + b.vmin, a.vmax + b.vmax)
+
+
+def imul(a, b) -> KExpr:
+    a, b = _c(a), _c(b)
+    if _cv(a) is not None and _cv(b) is not None:
+        return const(a.arg * b.arg)
+    if _cv(a) is not None:
+        a, b = b, a
+    c = _cv(b)
+    if c == 0:
+        return const(0)
+    if c == 1:
+        return a
+    if c is not None and a.op is Op.MUL and _cv(a.srcs[1]) is not None:
+        return imul(a.srcs[0], a.srcs[1].arg * c)
+    lo, hi = sorted((a.vmin * b.vmin, a.vmax * b.vmax)) if a.vmin >= 0 and b.vmin >= 0 else (-INF, INF)
+    return KExpr(Op.MUL, "i32", (a, b), None, lo, hi)
+
+
+def idiv(a, c: int) -> KExpr:
+    a = _c(a)
+    if c == 1:
+        return a
+    if _cv(a) is not None:
+        return const(a.arg // c)
+    if 0 <= a.vmin and a.vmax < c:
+        return const(0)
+    if a.op is Op.IDIV and _cv(a.srcs[1]) is not None:
+        return idiv(a.srcs[0], a.srcs[1].arg * c)
+    # (x * k + y) // c with k % c == 0 and 0 <= y < c  ->  x * (k // c) + y // c ... only the exact case
+    if a.op is Op.ADD:
+        p, q = a.srcs
+        if p.op is Op.MUL and _cv(p.srcs[1]) is not None and p.srcs[1].arg % c == 0 and 0 <= q.vmin and q.vmax < c:
+            return imul(p.srcs[0], p.srcs[1].arg // c)
+    if a.op is Op.MUL and _cv(a.srcs[1]) is not None and a.srcs[1].arg % c == 0:
+        return imul(a.srcs[0], a.srcs[1].arg // c)
+    return KExpr(Op.IDIV, "i32", (a, const(c)), None, a.vmin // c if a.vmin >= 0 else -INF, a.vmax // c if a.vmin >= 0 else INF)
+
+
+def imod(a, c: int) -> KExpr:
+    a = _c(a)
+    if c == 1:
+        return const(0)
+    if _cv(a) is not None:
+        return const(a.arg % c)
+    if 0 <= a.vmin and a.vmax < c:
+        return a
+    if a.op is Op.ADD:
+        p, q = a.srcs
+        if p.op is Op.MUL and _cv(p.srcs[1]) is not None and p.srcs[1].arg % c == 0 and 0 <= q.vmin and q.vmax < c:
+            return q
+    if a.op is Op.MUL and _cv(a.srcs[1]) is not None and a.srcs[1].arg % c == 0:
+        return const(0)
+    return KExpr(Op.MOD, "i32", (a, const(c)), None, 0, c - 1)
+
+
+def unflatten(flat: KExpr, shape) -> list[KExpr]:
+    """Row-major multi-index of `flat` in `shape`, built innermost-first so that
+    flatten(unflatten(x)) simplifies back to x."""
+    idx = []
+    x = flat
+    for s in reversed(shape[1:]):
+        idx.append(imod(x, s))
+        x = idiv(x, s)
+    idx.append(x)
+    return idx[::-1]
+
+
+def flatten(idx, shape) -> KExpr:
+    x = const(0)
+    for i, s in zip(idx, shape):
+        x = iadd(imul(x, s), i)
+    return x
+
+
+def expr(op: Op, dtype: str, *srcs: KExpr, arg=None) -> KExpr:
+    """A value (non-index) expression node; constants fold for a few cheap cases."""
+    return KExpr(op, dtype, tuple(srcs), arg)
+
+
+def load(tensor: str, index: KExpr, dtype: str, size: int) -> KExpr:
+    return KExpr(Op.LOAD, dtype, (index,), tensor, 0 if dtype == "i32" else -INF, INF)
+
+
+def select(cond: KExpr, a: KExpr, b: KExpr) -> KExpr:
+    """cond (f32 0/1) ? a : b; bounds of the result span both arms."""
+    return KExpr(Op.WHERE, a.dtype, (cond, a, b), None, min(a.vmin, b.vmin), max(a.vmax, b.vmax))
+
+
+@dataclass(frozen=True)
+class View:
+    """A strided view of a tensor: element (i0, i1, ...) is at offset + sum(i_k * strides[k])."""
+
+    tensor: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    offset: int = 0
+
+
+@dataclass
+class Kernel:
+    name: str
+    kind: str  # "elementwise" | "reduce" | "matmul"
+    size: int  # number of output elements each output has (the gid range)
+    outputs: list[tuple[str, KExpr]] = field(default_factory=list)  # (tensor, value at gid)
+    reduce_op: Op | None = None  # SUM or RMAX, reduce kernels
+    reduce_len: int = 0
+    # matmul: out[batch..., M, N] = A[batch..., M, K] @ B[batch..., K, N]
+    a: View | None = None
+    b: View | None = None
+    out: str | None = None
+    batch: tuple[int, ...] = ()
+    M: int = 0
+    N: int = 0
+    K: int = 0
+
+    def loads(self) -> set[str]:
+        seen, stack, out = set(), [e for _, e in self.outputs], set()
+        while stack:
+            e = stack.pop()
+            if id(e) in seen:
+                continue
+            seen.add(id(e))
+            if e.op is Op.LOAD:
+                out.add(e.arg)
+            stack.extend(e.srcs)
+        if self.kind == "matmul":
+            out |= {self.a.tensor, self.b.tensor}
+        return out
+
+    def writes(self) -> list[str]:
+        return [self.out] if self.kind == "matmul" else [t for t, _ in self.outputs]
+
+    def uniforms(self) -> set[str]:
+        seen, stack, out = set(), [e for _, e in self.outputs], set()
+        while stack:
+            e = stack.pop()
+            if id(e) in seen:
+                continue
+            seen.add(id(e))
+            if e.op is Op.UNIFORM:
+                out.add(e.arg)
+            stack.extend(e.srcs)
+        return out
+
+
+def format_expr_dag(roots: list[KExpr]) -> tuple[list[str], dict]:
+    """SSA lines for the expression DAG under roots; returns (lines, names)."""
+    names: dict[KExpr, str] = {}
+    lines: list[str] = []
+
+    def visit(e: KExpr) -> str:
+        if e in names:
+            return names[e]
+        if e.op is Op.CONST:
+            return repr(e.arg)
+        if e.op in (Op.GIDX, Op.RIDX):
+            return e.op.name.lower()
+        srcs = [visit(s) for s in e.srcs]
+        n = f"v{len(lines)}"
+        arg = f" {e.arg!r}" if e.arg is not None else ""
+        lines.append(f"  {n}: {e.dtype} = {e.op.name}{arg}({', '.join(srcs)})")
+        names[e] = n
+        return n
+
+    for r in roots:
+        visit(r)
+    return lines, names
+
+
+def format_kernel(k: Kernel) -> str:
+    if k.kind == "matmul":
+        return (
+            f"kernel {k.name} matmul batch={list(k.batch)} M={k.M} N={k.N} K={k.K}\n"
+            f"  A = {k.a}\n  B = {k.b}\n  {k.out}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]\n"
+        )
+    head = f"kernel {k.name} {k.kind} gid < {k.size}"
+    if k.kind == "reduce":
+        head += f" {k.reduce_op.name} over ridx < {k.reduce_len}"
+    lines, names = format_expr_dag([e for _, e in k.outputs])
+    outs = []
+    for t, e in k.outputs:
+        ref = names.get(e, "gidx" if e.op is Op.GIDX else repr(e.arg))
+        outs.append(f"  {t}[gid] = {ref}")
+    return "\n".join([head] + lines + outs) + "\n"

@@ -1,0 +1,368 @@
+"""Scheduling: a Program's graph -> an ordered list of kernels (tgc/ir/kernel.py).
+
+Decides which nodes become tensors in memory ("materialized") and fuses
+everything else into the kernels that read it:
+
+- materialized: inputs, program outputs and updates, MATMUL/SUM/RMAX results,
+  matmul operands that are not a strided view of a tensor, and elementwise
+  values read by two or more consumers that cost something to recompute.
+- every materialized node is one kernel; movement ops (reshape, permute, expand,
+  slice, pad, dynamic slice), embedding lookups and cache writes become index
+  arithmetic inside the loads of the kernels that read them.
+- updates of persistent state are written in place when the kernel that
+  computes them reads the old value only at its own index and nothing later
+  reads the old value; otherwise through a temporary and a copy at the end.
+
+The result names every tensor with its shape, dtype and role; the memory plan
+(tgc/ir/memplan.py) gives them places.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tgc.ir import kernel as K
+from tgc.ir.kernel import KExpr, Kernel, View
+from tgc.ir.node import Node, toposort
+from tgc.ir.ops import GroupOp, Op
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    role: str  # parameter / optimizer_state / kv_cache / input / output / activation / gradient
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * math.prod(self.shape)
+
+
+@dataclass
+class Schedule:
+    program: str
+    kernels: list[Kernel]
+    tensors: dict[str, TensorInfo]
+    outputs: dict[str, str]  # program output name -> tensor
+    updates: dict[str, str] = field(default_factory=dict)  # state -> tensor holding its new value (same name when in place)
+    uniforms: dict[str, str] = field(default_factory=dict)  # name -> dtype
+
+
+def contiguous_strides(shape) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= s
+    return tuple(reversed(strides))
+
+
+def reshape_strides(old_shape, old_strides, new_shape):
+    """Strides that view (old_shape, old_strides) as new_shape without copying, or None.
+    Works chunk by chunk: runs of old dims that are contiguous with each other can be
+    split or merged freely."""
+    old = [(s, st) for s, st in zip(old_shape, old_strides) if s != 1]
+    new_strides = [0] * len(new_shape)
+    vd = len(new_shape) - 1
+    if not old:
+        return tuple(0 for _ in new_shape) if math.prod(new_shape) == 1 else None
+    chunk_stride = old[-1][1]
+    t_numel = v_numel = 1
+    for td in range(len(old) - 1, -1, -1):
+        t_numel *= old[td][0]
+        if td == 0 or old[td - 1][1] != t_numel * chunk_stride:
+            while vd >= 0 and (v_numel < t_numel or new_shape[vd] == 1):
+                new_strides[vd] = v_numel * chunk_stride
+                v_numel *= new_shape[vd]
+                vd -= 1
+            if v_numel != t_numel:
+                return None
+            if td > 0:
+                chunk_stride = old[td - 1][1]
+                t_numel = v_numel = 1
+    while vd >= 0 and new_shape[vd] == 1:
+        vd -= 1
+    return tuple(new_strides) if vd == -1 else None
+
+
+def _view_chain(n: Node, is_mat) -> tuple[Node, tuple, tuple, int] | Node:
+    """Follow movement ops down to a materialized node. Returns (base, shape, strides, offset),
+    or the first node that stops the walk (not materialized, or not expressible as strides)."""
+    chain = []
+    x = n
+    while not is_mat(x):
+        if x.op in (Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.RESHAPE):
+            chain.append(x)
+            x = x.srcs[0]
+        else:
+            return x
+    shape, strides, offset = x.shape, contiguous_strides(x.shape), 0
+    for m in reversed(chain):
+        if m.op is Op.PERMUTE:
+            shape, strides = tuple(shape[p] for p in m.arg), tuple(strides[p] for p in m.arg)
+        elif m.op is Op.EXPAND:
+            strides = tuple(0 if s != t else st for s, t, st in zip(shape, m.arg, strides))
+            shape = tuple(m.arg)
+        elif m.op is Op.SLICE:
+            axis, start, stop = m.arg
+            offset += start * strides[axis]
+            shape = shape[:axis] + (stop - start,) + shape[axis + 1 :]
+        else:
+            st = reshape_strides(shape, strides, m.arg)
+            if st is None:
+                return m
+            shape, strides = tuple(m.arg), st
+    return x, shape, strides, offset
+
+
+def _cheap(n: Node) -> bool:
+    return n.op in GroupOp.Leaf or n.op in GroupOp.Movement - {Op.PAD, Op.DSLICE}
+
+
+class Scheduler:
+    def __init__(self, prog):
+        self.prog = prog
+        self.roots = prog.nodes()
+        self.order = toposort(self.roots)
+        self.users: dict[Node, int] = {}
+        for n in self.order:
+            for s in n.srcs:
+                self.users[s] = self.users.get(s, 0) + 1
+        self.mat: set[Node] = set()
+        self.names: dict[Node, str] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+
+    # ------------------------------------------------------------ what to materialize
+
+    def is_mat(self, n: Node) -> bool:
+        return n.op is Op.INPUT or n in self.mat
+
+    def _scalar_uniform_expr(self, n: Node, memo={}) -> bool:
+        """Shape-() values computed from uniforms and constants only are inlined everywhere."""
+        if n.shape != () and n.size != 1:
+            return False
+        if n.op in (Op.UNIFORM, Op.CONST):
+            return True
+        if n.op in GroupOp.Elementwise or n.op in GroupOp.Movement:
+            return all(self._scalar_uniform_expr(s) for s in n.srcs)
+        return False
+
+    def choose(self):
+        mat = self.mat
+        mat.update(r for r in self.roots)
+        for n in self.order:
+            if n.op in (Op.MATMUL, Op.SUM, Op.RMAX):
+                mat.add(n)
+            elif n.op in GroupOp.Elementwise and self.users.get(n, 0) >= 2 and not self._scalar_uniform_expr(n):
+                mat.add(n)
+        # matmul operands must be strided views of tensors
+        for n in self.order:
+            if n.op is Op.MATMUL:
+                for s in n.srcs:
+                    r = _view_chain(s, self.is_mat)
+                    if isinstance(r, Node):
+                        mat.add(r if r.op not in GroupOp.Movement or r.op in (Op.PAD, Op.DSLICE) else s)
+                        if isinstance(_view_chain(s, self.is_mat), Node):
+                            mat.add(s)
+
+    # ------------------------------------------------------------ expressions
+
+    def emit(self, n: Node, idx: tuple[KExpr, ...], root: bool = False) -> KExpr:
+        key = (n, idx, root)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        e = self._emit(n, idx, root)
+        self._memo[key] = e
+        return e
+
+    def _emit(self, n: Node, idx, root) -> KExpr:
+        if not root and self.is_mat(n):
+            return K.load(self.names[n], K.flatten(idx, n.shape), n.dtype, n.size)
+        op = n.op
+        if op is Op.INPUT:
+            return K.load(n.arg["name"], K.flatten(idx, n.shape), n.dtype, n.size)
+        if op is Op.CONST:
+            return K.const(n.arg["value"], n.dtype)
+        if op is Op.UNIFORM:
+            return KExpr(Op.UNIFORM, n.dtype, (), n.arg["name"], -K.INF if n.dtype == "f32" else 0, K.INF)
+        if op is Op.IOTA:
+            return idx[n.arg["axis"]]
+        if op in GroupOp.Elementwise:
+            srcs = [self.emit(s, idx) for s in n.srcs]
+            if op in (Op.ADD, Op.MUL) and n.dtype == "i32":
+                return K.iadd(*srcs) if op is Op.ADD else K.imul(*srcs)
+            return K.expr(op, n.dtype, *srcs, arg=n.arg)
+        if op is Op.RESHAPE:
+            src = n.srcs[0]
+            return self.emit(src, tuple(K.unflatten(K.flatten(idx, n.shape), src.shape)))
+        if op is Op.PERMUTE:
+            inv = [0] * len(n.arg)
+            for i, p in enumerate(n.arg):
+                inv[p] = i
+            return self.emit(n.srcs[0], tuple(idx[inv[d]] for d in range(len(inv))))
+        if op is Op.EXPAND:
+            src = n.srcs[0]
+            return self.emit(src, tuple(K.const(0) if s == 1 and t != 1 else i for i, s, t in zip(idx, src.shape, n.shape)))
+        if op is Op.SLICE:
+            axis, start, _ = n.arg
+            return self.emit(n.srcs[0], idx[:axis] + (K.iadd(idx[axis], start),) + idx[axis + 1 :])
+        if op is Op.PAD:
+            axis, before, _ = n.arg
+            src = n.srcs[0]
+            i = idx[axis]
+            inside = K.expr(
+                Op.MUL, "f32",
+                K.expr(Op.CMPLT, "f32", K.const(before - 1), i),
+                K.expr(Op.CMPLT, "f32", i, K.const(before + src.shape[axis])),
+            )
+            clamped = K.KExpr(Op.MIN, "i32", (K.KExpr(Op.MAX, "i32", (K.iadd(i, -before), K.const(0)), None, 0, K.INF), K.const(src.shape[axis] - 1)), None, 0, src.shape[axis] - 1)
+            val = self.emit(src, idx[:axis] + (clamped,) + idx[axis + 1 :])
+            return K.select(inside, val, K.const(0.0, n.dtype) if n.dtype == "f32" else K.const(0))
+        if op is Op.DSLICE:
+            axis, _ = n.arg
+            x, off = n.srcs
+            o = self.emit(off, ())
+            return self.emit(x, idx[:axis] + (K.iadd(idx[axis], _bounded(o, 0, x.shape[axis] - 1)),) + idx[axis + 1 :])
+        if op is Op.EMBED:
+            table, ind = n.srcs
+            row = _bounded(self.emit(ind, idx[:-1]), 0, table.shape[0] - 1)
+            return self.emit(table, (row, idx[-1]))
+        if op is Op.UPDATE_SLICE:
+            buf, new, pos = n.srcs
+            axis = n.arg
+            p = self.emit(pos, ())
+            i = idx[axis]
+            rel = K.KExpr(Op.SUB, "i32", (i, p), None, i.vmin - p.vmax, i.vmax - p.vmin)
+            inside = K.expr(
+                Op.MUL, "f32",
+                K.expr(Op.CMPLT, "f32", K.const(-1), rel),
+                K.expr(Op.CMPLT, "f32", rel, K.const(new.shape[axis])),
+            )
+            clamped = K.KExpr(Op.MIN, "i32", (K.KExpr(Op.MAX, "i32", (rel, K.const(0)), None, 0, K.INF), K.const(new.shape[axis] - 1)), None, 0, new.shape[axis] - 1)
+            fresh = self.emit(new, idx[:axis] + (clamped,) + idx[axis + 1 :])
+            return K.select(inside, fresh, self.emit(buf, idx))
+        raise NotImplementedError(f"scheduler cannot inline op {op.name}")
+
+    # ------------------------------------------------------------ kernels
+
+    def run(self) -> Schedule:
+        self.choose()
+        prog = self.prog
+        out_name = {node: name for name, node in prog.outputs.items()}
+        upd_name = {node: name for name, node in prog.updates.items()}
+        for n in self.order:
+            if n.op is Op.INPUT:
+                name = n.arg["name"]
+                self.names[n] = name
+                self.tensors[name] = TensorInfo(name, n.shape, n.dtype, n.arg["role"])
+        counter = 0
+        kernels: list[Kernel] = []
+        self._memo = {}
+        kernel_of: dict[Node, Kernel] = {}
+        for n in self.order:
+            if n not in self.mat or (n.op is Op.INPUT and n not in out_name and n not in upd_name):
+                continue
+            if n in out_name:
+                name, role = out_name[n], "gradient" if out_name[n].startswith("grad/") else "output"
+            elif n in upd_name:
+                name, role = upd_name[n] + "~new", "activation"
+            else:
+                name, role = f"t{counter}", "activation"
+                counter += 1
+            if n.op is Op.INPUT:  # an output that is an input: copy it
+                name = name if name != n.arg["name"] else name + "~copy"
+            self.names[n] = name
+            self.tensors[name] = TensorInfo(name, n.shape, n.dtype, role)
+            k = self.kernel_for(n, name, f"k{len(kernels)}_{n.op.name.lower()}")
+            kernels.append(k)
+            kernel_of[n] = k
+        updates = self._place_updates(kernels, kernel_of, upd_name)
+        outputs = {name: self.names[node] for name, node in prog.outputs.items()}
+        uniforms = {n.arg["name"]: n.dtype for n in self.order if n.op is Op.UNIFORM}
+        return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
+
+    def kernel_for(self, n: Node, out: str, kname: str) -> Kernel:
+        if n.op is Op.MATMUL:
+            a, b = (self.view(s) for s in n.srcs)
+            return Kernel(kname, "matmul", n.size, a=a, b=b, out=out, batch=n.shape[:-2], M=n.shape[-2], N=n.shape[-1], K=n.srcs[0].shape[-1])
+        if n.op in (Op.SUM, Op.RMAX):
+            (x,) = n.srcs
+            axis = n.arg
+            g = K.gidx(n.size)
+            idx = list(K.unflatten(g, n.shape))
+            idx[axis] = K.ridx(x.shape[axis])
+            return Kernel(kname, "reduce", n.size, [(out, self.emit(x, tuple(idx)))], reduce_op=n.op, reduce_len=x.shape[axis])
+        g = K.gidx(n.size)
+        return Kernel(kname, "elementwise", n.size, [(out, self.emit(n, tuple(K.unflatten(g, n.shape)), root=True))])
+
+    def view(self, n: Node) -> View:
+        r = _view_chain(n, self.is_mat)
+        assert not isinstance(r, Node), f"matmul operand {n} is not a strided view of a tensor"
+        base, shape, strides, offset = r
+        return View(self.names[base], tuple(shape), tuple(strides), offset)
+
+    def _place_updates(self, kernels, kernel_of, upd_name) -> dict[str, str]:
+        """Write updates in place when safe; otherwise keep the temporary and append a copy."""
+        updates = {}
+        for node, state in upd_name.items():
+            tmp = self.names[node]
+            k = kernel_of[node]
+            pos = kernels.index(k)
+            later_reads = any(state in kk.loads() for kk in kernels[pos + 1 :])
+            own_reads_aligned = k.kind == "elementwise" and len(k.outputs) == 1 and _reads_only_at_gid(k.outputs[0][1], state)
+            if own_reads_aligned and not later_reads and state in self.tensors:
+                _rename_tensor(kernels, tmp, state)
+                del self.tensors[tmp]
+                self.names[node] = state
+            else:
+                g = K.gidx(node.size)
+                kernels.append(Kernel(f"k{len(kernels)}_copy", "elementwise", node.size, [(state, K.load(tmp, g, node.dtype, node.size))]))
+            updates[state] = state
+        return updates
+
+
+def _bounded(e: KExpr, lo: int, hi: int) -> KExpr:
+    """Clamp an index that comes from data (token ids, positions) into range: a bad value
+    reads a wrong row instead of out of bounds."""
+    return KExpr(Op.MIN, "i32", (KExpr(Op.MAX, "i32", (e, K.const(lo)), None, lo, K.INF), K.const(hi)), None, lo, hi)
+
+
+def _reads_only_at_gid(e: KExpr, tensor: str) -> bool:
+    stack, seen = [e], set()
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if x.op is Op.LOAD and x.arg == tensor and x.srcs[0].op is not Op.GIDX:
+            return False
+        stack.extend(x.srcs)
+    return True
+
+
+def _rename_tensor(kernels: list[Kernel], old: str, new: str) -> None:
+    def ren(e: KExpr, memo) -> KExpr:
+        if e in memo:
+            return memo[e]
+        srcs = tuple(ren(s, memo) for s in e.srcs)
+        arg = new if e.op is Op.LOAD and e.arg == old else e.arg
+        r = e if srcs == e.srcs and arg == e.arg else KExpr(e.op, e.dtype, srcs, arg, e.vmin, e.vmax)
+        memo[e] = r
+        return r
+
+    for k in kernels:
+        memo: dict = {}
+        k.outputs = [(new if t == old else t, ren(e, memo)) for t, e in k.outputs]
+        if k.kind == "matmul":
+            if k.out == old:
+                k.out = new
+            for attr in ("a", "b"):
+                v = getattr(k, attr)
+                if v.tensor == old:
+                    setattr(k, attr, View(new, v.shape, v.strides, v.offset))
+
+
+def schedule(prog) -> Schedule:
+    return Scheduler(prog).run()
