@@ -1,0 +1,186 @@
+"""Memory planning: every tensor of every program gets a buffer and a byte offset.
+
+- Persistent tensors (parameters, AdamW moments, KV caches, data inputs) are
+  packed once and shared by all programs.
+- Everything else lives in the arena, planned per program from liveness over the
+  kernel order (first kernel writing it .. last kernel reading it; program
+  outputs live to the end) with greedy-by-size placement. Programs run one at a
+  time, so they share the arena.
+- Offsets are 256-byte aligned (WebGPU's minStorageBufferOffsetAlignment) and no
+  tensor crosses a buffer: buffers are pools of at most `max_buffer` bytes, so
+  each can be bound whole within the browser's binding limit.
+
+`PlanReport.lower_bound` is parameters + gradients + optimizer state + the
+largest set of simultaneously live activations, measured on the same liveness
+intervals with no fragmentation: no plan can use less. docs/architecture.md
+says how the 1.3x check uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tgc.errors import TgcError
+
+ALIGN = 256
+PERSISTENT_ROLES = ("parameter", "optimizer_state", "kv_cache", "input")
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class Buffer:
+    name: str
+    size: int
+    kind: str  # "persistent" | "arena"
+
+
+@dataclass
+class PlanReport:
+    program: str
+    persistent_bytes: int
+    arena_bytes: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    max_live_activation_bytes: int
+
+    @property
+    def planned_bytes(self) -> int:
+        return self.persistent_bytes + self.arena_bytes
+
+    @property
+    def lower_bound(self) -> int:
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.max_live_activation_bytes + self._other_persistent
+
+    _other_persistent: int = 0
+
+
+@dataclass
+class MemoryPlan:
+    buffers: list[Buffer]
+    places: dict[str, tuple[str, int]]  # persistent tensor -> (buffer, offset)
+    arena_places: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)  # program -> tensor -> place
+    reports: dict[str, PlanReport] = field(default_factory=dict)
+
+    def place(self, program: str, tensor: str) -> tuple[str, int]:
+        p = self.places.get(tensor)
+        return p if p is not None else self.arena_places[program][tensor]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.size for b in self.buffers)
+
+
+def _pack_persistent(tensors, max_buffer: int, prefix: str) -> tuple[list[Buffer], dict]:
+    buffers: list[Buffer] = []
+    places = {}
+    for name, nbytes in tensors:
+        size = _align(nbytes)
+        if size > max_buffer:
+            raise TgcError(f"tensor {name} ({nbytes} bytes) exceeds the largest buffer allowed ({max_buffer} bytes)")
+        for b in buffers:  # first fit
+            if b.size + size <= max_buffer:
+                break
+        else:
+            b = Buffer(f"{prefix}{len(buffers)}", 0, "persistent")
+            buffers.append(b)
+        places[name] = (b.name, b.size)
+        b.size += size
+    return buffers, places
+
+
+def _liveness(sched) -> dict[str, list[int]]:
+    live: dict[str, list[int]] = {}
+    end = len(sched.kernels)
+    for i, k in enumerate(sched.kernels):
+        for t in k.writes():
+            live.setdefault(t, [i, i])
+        for t in k.loads():
+            if t in live:
+                live[t][1] = max(live[t][1], i)
+    for t in sched.outputs.values():
+        if t in live:
+            live[t][1] = end
+    return live
+
+
+def _place_arena(intervals: list[tuple[str, int, int, int]], max_buffer: int) -> tuple[dict[str, int], int]:
+    """Greedy by size: largest tensor first, at the lowest offset where it overlaps no
+    placed tensor that is live at the same time and does not cross a pool boundary."""
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, start_t, end_t)
+    offsets: dict[str, int] = {}
+    top = 0
+    for name, size, s, e in sorted(intervals, key=lambda x: (-x[1], x[2], x[0])):
+        busy = sorted((o, oe) for o, oe, ps, pe in placed if not (pe < s or e < ps))
+        off = 0
+        for o, oe in busy:
+            if off // max_buffer != (off + size - 1) // max_buffer:
+                off = (off // max_buffer + 1) * max_buffer
+            if off + size <= o:
+                break
+            off = max(off, oe)
+        if off // max_buffer != (off + size - 1) // max_buffer:
+            off = (off // max_buffer + 1) * max_buffer
+        offsets[name] = off
+        placed.append((off, off + size, s, e))
+        top = max(top, off + size)
+    return offsets, top
+
+
+def plan_memory(schedules: dict, max_buffer: int = 128 << 20) -> MemoryPlan:
+    """Place every tensor of every scheduled program (name -> Schedule)."""
+    persistent: dict[str, tuple[str, int]] = {}
+    for s in schedules.values():
+        for t in s.tensors.values():
+            if t.role in PERSISTENT_ROLES:
+                persistent.setdefault(t.name, (t.role, t.nbytes))
+    buffers: list[Buffer] = []
+    places: dict[str, tuple[str, int]] = {}
+    for role, prefix in (("parameter", "params"), ("optimizer_state", "optim"), ("kv_cache", "kv"), ("input", "io")):
+        group = [(n, nb) for n, (r, nb) in persistent.items() if r == role]
+        if group:
+            bufs, pl = _pack_persistent(group, max_buffer, prefix)
+            buffers += bufs
+            places.update(pl)
+    persistent_bytes = sum(b.size for b in buffers)
+
+    arena_places: dict[str, dict[str, tuple[str, int]]] = {}
+    arena_top = 0
+    reports = {}
+    for pname, s in schedules.items():
+        live = _liveness(s)
+        intervals = [
+            (t, _align(s.tensors[t].nbytes), a, b) for t, (a, b) in live.items() if t not in places
+        ]
+        offsets, top = _place_arena(intervals, max_buffer)
+        arena_places[pname] = {t: (f"arena{o // max_buffer}", o % max_buffer) for t, o in offsets.items()}
+        arena_top = max(arena_top, top)
+        # the lower bound: P + G + O + max live activations (no fragmentation)
+        steps = [0] * (len(s.kernels) + 1)
+        for t, size, a, b in intervals:
+            if s.tensors[t].role != "gradient":
+                for i in range(a, b + 1):
+                    steps[i] += size
+        role_bytes = lambda role: sum(_align(t.nbytes) for t in s.tensors.values() if t.role == role)
+        rep = PlanReport(
+            pname, persistent_bytes, 0, role_bytes("parameter"), role_bytes("gradient"),
+            role_bytes("optimizer_state"), max(steps) if steps else 0,
+        )
+        rep._other_persistent = sum(_align(t.nbytes) for t in s.tensors.values() if t.role in ("kv_cache", "input"))
+        rep.arena_bytes = _align(top)
+        reports[pname] = rep
+    n_arena = (arena_top + max_buffer - 1) // max_buffer
+    for i in range(n_arena):
+        buffers.append(Buffer(f"arena{i}", _align(min(max_buffer, arena_top - i * max_buffer)), "arena"))
+    # pools below the top one are full-size only as far as some program uses them
+    for b in buffers:
+        if b.kind == "arena":
+            used = max(
+                (off + _align(schedules[p].tensors[t].nbytes) for p, pl in arena_places.items() for t, (bn, off) in pl.items() if bn == b.name),
+                default=0,
+            )
+            b.size = _align(used)
+    return MemoryPlan(buffers, places, arena_places, reports)
