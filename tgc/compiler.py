@@ -104,6 +104,10 @@ def compile_model(
     from tgc.frontend import load_model, parse_file
     from tgc.frontend.ast import format_module
 
+    targets = tuple(t for t in targets if t not in ("", "none"))
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise TgcError(f"unknown target {unknown[0]!r}; choose from: {', '.join(TARGETS)}")
     t0 = time.perf_counter()
     timings = {}
     dumper = _Dumper(Path(dump) if dump else None)

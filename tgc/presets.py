@@ -10,7 +10,11 @@ from tgc.errors import TgcError
 
 
 def models_dir() -> Path:
-    return Path(str(resources.files("tgc.models")))
+    """The packaged models/ (tgc.models when installed; the repository's models/ in a checkout)."""
+    try:
+        return Path(str(resources.files("tgc.models")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "models"
 
 
 def default_model_path() -> Path:

@@ -430,7 +430,8 @@ def _np_composite(decompose):
 
         node = Node(op_of[decompose], "f32", (), tuple(leaves), arg)
         out = decompose(node)
-        return evaluate([out], {f"_{i}": a for i, a in enumerate(arrays)})[0]
+        fdt = next((a.dtype for a in arrays if a.dtype.kind == "f"), np.float32)
+        return evaluate([out], {f"_{i}": a for i, a in enumerate(arrays)}, fdt)[0]
 
     return run
 

@@ -1,0 +1,1 @@
+"""The model files shipped with tgc (gpt.tg, presets.toml), importable as tgc.models for importlib.resources."""

@@ -1,0 +1,54 @@
+"""Test selection by what a test needs, and shared fixtures.
+
+Markers (declared in pyproject.toml): `slow` runs only with --runslow or TGC_SLOW=1;
+`gpu` is skipped when wgpu finds no adapter (lavapipe, a CPU Vulkan driver, counts);
+`h100` is skipped unless the adapter is a discrete GPU; `browser` is for the tests that
+drive headless Chromium and decide for themselves whether it is there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+@functools.cache
+def webgpu_adapter_info() -> tuple[dict | None, str]:
+    """(adapter info, why not) from one probe per session: info is None when there is no adapter."""
+    try:
+        import wgpu
+
+        adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
+    except Exception as e:  # noqa: BLE001 -- no Vulkan loader, no driver, wgpu-native refusing: all mean "no adapter"
+        return None, f"no WebGPU adapter ({type(e).__name__}: {e}); apt-get install mesa-vulkan-drivers for lavapipe"
+    if adapter is None:
+        return None, "no WebGPU adapter; apt-get install mesa-vulkan-drivers for lavapipe"
+    return dict(adapter.info), ""
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--runslow") or os.environ.get("TGC_SLOW") == "1"
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow or TGC_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords or "h100" in item.keywords:
+            info, why = webgpu_adapter_info()
+            if info is None:
+                item.add_marker(pytest.mark.skip(reason=why))
+            elif "h100" in item.keywords and info.get("adapter_type") != "DiscreteGPU":
+                item.add_marker(pytest.mark.skip(reason=f"needs a discrete GPU, adapter is {info.get('device')!r}"))
+
+
+@pytest.fixture
+def tmp_artifact_dir(tmp_path):
+    """An empty directory to compile an artifact into; pytest removes old ones itself."""
+    d = tmp_path / "artifact"
+    d.mkdir()
+    return d

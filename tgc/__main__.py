@@ -1,0 +1,5 @@
+import sys
+
+from tgc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""The `tgc` command line (design.md, "Command line"); the Python API mirrors it.
+
+Every user error is a TgcError: printed as one line (plus the source line for DSL
+errors) on stderr, exit code 2, no traceback. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tgc.errors import TgcError
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def cmd_check(a) -> int:
+    from tgc.frontend import check, parse_file
+
+    path = Path(a.model)
+    if not path.exists():
+        raise TgcError(f"model file not found: {path}")
+    module = parse_file(path)
+    check(module)
+    if a.preset:
+        from tgc import presets
+        from tgc.frontend import load_model
+
+        load_model(path, presets.model_config(presets.get_preset(a.preset)))
+    print(f"{path}: ok")
+    return 0
+
+
+def cmd_compile(a) -> int:
+    from tgc.compiler import compile_model
+
+    c = compile_model(a.model, a.preset, a.out, a.dump, targets=tuple(a.targets.split(",")) if a.targets else ("wgsl", "wasm"))
+    r = c.plan.reports["train_step"]
+    print(f"compiled {c.preset} ({sum(_prod(p.shape) for p in c.params):,} parameters) -> {a.out}")
+    for name, s in c.schedules.items():
+        rep = c.plan.reports[name]
+        print(f"  {name:<12} {len(s.kernels):>5} kernels  planned peak {_fmt_bytes(rep.planned_bytes):>10}")
+    print(
+        f"train_step planned peak bytes: {r.planned_bytes} ({_fmt_bytes(r.planned_bytes)}); "
+        f"lower bound P+G+O+live activations {r.lower_bound} ({r.planned_bytes / r.lower_bound:.2f}x)"
+    )
+    return 0
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def cmd_train(a) -> int:
+    from tgc.train import train
+
+    train(
+        preset=a.preset, corpus=a.corpus, steps=a.steps, out=a.out, backend=a.backend, resume=a.resume, seed=a.seed,
+        lr=a.lr, batch=a.batch, tokenizer=a.tokenizer, eval_every=a.eval_every, ckpt_every=a.ckpt_every, model_path=a.model,
+    )
+    return 0
+
+
+def cmd_generate(a) -> int:
+    from tgc.generate import generate_cli
+
+    return generate_cli(
+        a.ckpt, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+        seed=a.seed, kv_cache=not a.no_kv_cache, backend=a.backend,
+    ) or 0
+
+
+def cmd_parity(a) -> int:
+    from tgc.parity import parity_cli
+
+    return parity_cli(preset=a.preset, steps=a.steps, seed=a.seed, model_path=a.model)
+
+
+def cmd_import(a) -> int:
+    from tgc.checkpoint import import_hf
+
+    import_hf(a.src, a.out)
+    print(f"imported {a.src} -> {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tgc.presets import default_model_path
+
+    p = argparse.ArgumentParser(prog="tgc", description="TinyGPT Compiler: a GPT in a small DSL compiled to WGSL and Memory64 WebAssembly.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("check", help="parse and check a model file")
+    s.add_argument("model")
+    s.add_argument("--preset", help="also lower with this preset's sizes (shape checks)")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("compile", help="compile a model to an artifact directory")
+    s.add_argument("model")
+    s.add_argument("--preset", required=True)
+    s.add_argument("-o", "--out", required=True)
+    s.add_argument("--dump", help="write every pipeline stage (.ast, .ir, .kir, .wgsl, .ll) here")
+    s.add_argument("--targets", default=None, help="comma-separated: wgsl,wasm (default both)")
+    s.set_defaults(fn=cmd_compile)
+
+    s = sub.add_parser("train", help="train a preset on a corpus")
+    s.add_argument("--preset", required=True)
+    s.add_argument("--corpus", required=True, help="shakespeare, python, or a text file")
+    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--out", required=True, help="checkpoint directory")
+    s.add_argument("--backend", default="auto", choices=["auto", "webgpu", "wasm", "numpy"])
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--batch", type=int)
+    s.add_argument("--tokenizer", default="byte", help="byte (default) or bpe:N")
+    s.add_argument("--eval-every", type=int, default=100)
+    s.add_argument("--ckpt-every", type=int, default=500)
+    s.add_argument("--model", default=str(default_model_path()))
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("generate", help="generate text from a checkpoint")
+    s.add_argument("ckpt")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-kv-cache", action="store_true")
+    s.add_argument("--backend", default="auto", choices=["auto", "webgpu", "wasm", "numpy"])
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("parity", help="run the same programs on WebGPU, WebAssembly (and numpy) and compare")
+    s.add_argument("--preset", required=True)
+    s.add_argument("--steps", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model", default=str(default_model_path()))
+    s.set_defaults(fn=cmd_parity)
+
+    s = sub.add_parser("import", help="import a Hugging Face GPT-2 directory as a tgc checkpoint")
+    s.add_argument("src")
+    s.add_argument("-o", "--out", required=True)
+    s.set_defaults(fn=cmd_import)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.fn(a)
+    except TgcError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Runtimes that execute a compiled artifact (manifest.json + kernels + model.wasm): WebGPU via wgpu, WebAssembly via wasmtime."""

@@ -1,0 +1,60 @@
+"""The reference runtime: runs a compiled model's programs in the numpy interpreter.
+
+Same interface as the WebGPU and WebAssembly runtimes (tgc/runtime/base.py), but it
+takes the in-memory compilation (it interprets the IR programs, which is what the
+targets are checked against) instead of an artifact directory. Slow; for tests,
+parity and debugging (`--backend numpy`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tgc.ir.interp import run_program
+from tgc.runtime.base import initial_state
+
+
+class ReferenceRuntime:
+    backend = "numpy"
+
+    def __init__(self, compiled, manifest: dict | None = None):
+        from tgc.compiler import manifest_programs
+
+        self.compiled = compiled
+        self.manifest = manifest or {
+            "model": {"config": compiled.config, "batch": compiled.batch, "preset": compiled.preset, "train": compiled.train,
+                      "params": [p.name for p in compiled.params]},
+            "tensors": [
+                {"name": p.name, "shape": list(p.shape), "dtype": "f32", "role": "parameter", "init": list(p.init)}
+                for p in compiled.params
+            ]
+            + [
+                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "role": t.role}
+                for s in compiled.schedules.values()
+                for t in s.tensors.values()
+                if t.role in ("optimizer_state", "kv_cache", "input")
+            ],
+            "programs": manifest_programs(compiled),
+        }
+        self.state: dict[str, np.ndarray] = {}
+
+    def write(self, name: str, value) -> None:
+        self.state[name] = np.array(value, copy=True)
+
+    def read(self, name: str) -> np.ndarray:
+        return self.state[name].copy()
+
+    def init_state(self, seed: int = 0) -> None:
+        seen = set()
+        for t in self.manifest["tensors"]:
+            seen.add(t["name"])
+        self.state.update(initial_state({"tensors": [t for t in self.manifest["tensors"]]}, seed))
+
+    def run(self, program: str, inputs: dict | None = None, uniforms: dict | None = None, read=None) -> dict:
+        env = dict(self.state)
+        env.update(inputs or {})
+        env.update(uniforms or {})
+        outs, upd = run_program(self.compiled.programs[program], env)
+        self.state.update(upd)
+        names = read if read is not None else (["loss"] if program == "train_step" else list(outs))
+        return {k: outs[k] for k in names}
