@@ -360,3 +360,33 @@ def test_slicing_positions_equal_positions_at_pos_0():
     env = {**init_params(m), "idx": np.random.default_rng(3).integers(0, 256, (B, T)), "pos": 0}
     a, b = evaluate([m.call("logits", idx), sliced.call("logits", idx)], env)
     np.testing.assert_array_equal(a, b)
+
+
+def test_bad_programs_through_the_cli(tmp_path, capsys):
+    """`tgc check --preset tiny` on each malformed program: exit 2, the same one-line
+    FILE:LINE:COL: error the API gives with tiny's sizes, no traceback."""
+    from tgc.cli import main
+    from tgc.errors import TgcError
+    from tgc.presets import get_preset, model_config
+
+    tiny = model_config(get_preset("tiny"))
+    f = tmp_path / "bad.tg"
+    failing = 0
+    for src, config, line, msg in BAD:
+        f.write_text(src)
+        try:
+            compile_text(src, tiny, filename=str(f))
+            expected = None
+        except TgcError as e:
+            expected = str(e)
+        rc = main(["check", str(f), "--preset", "tiny"])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if expected is None:
+            continue
+        failing += 1
+        assert rc == 2, (src, err)
+        # same place (the batch size in shape messages may differ: the CLI uses the preset's)
+        assert err.split(" error: ")[0] == expected.split(" error: ")[0], (src, err, expected)
+        assert re.match(rf"{re.escape(str(f))}:\d+:\d+: error: ", err), err
+    assert failing >= 30, failing

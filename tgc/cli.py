@@ -30,12 +30,17 @@ def cmd_check(a) -> int:
         raise TgcError(f"model file not found: {path}")
     module = parse_file(path)
     check(module)
-    if a.preset:
-        from tgc import presets
-        from tgc.frontend import load_model
+    # shapes are checked by lowering with a preset's sizes (tiny unless asked otherwise)
+    from tgc import presets
+    from tgc.frontend import load_model
+    from tgc.ir import build
 
-        load_model(path, presets.model_config(presets.get_preset(a.preset)))
-    print(f"{path}: ok")
+    p = presets.get_preset(a.preset)
+    model = load_model(module, presets.model_config(p), filename=str(path))
+    B, T = int(p["batch"]), int(model.config.get("ctx", 1))
+    for fn in ("loss",) if "loss" in model.functions else ():
+        model.call(fn, build.input("idx", (B, T), "i32"), build.input("targets", (B, T), "i32"))
+    print(f"{path}: ok ({a.preset}: {len(model.params)} parameter tensors)")
     return 0
 
 
@@ -103,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="parse and check a model file")
     s.add_argument("model")
-    s.add_argument("--preset", help="also lower with this preset's sizes (shape checks)")
+    s.add_argument("--preset", default="tiny", help="sizes to check shapes with (default tiny)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("compile", help="compile a model to an artifact directory")

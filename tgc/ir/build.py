@@ -144,7 +144,14 @@ def expand(x, shape, loc=None):
     return broadcast_to(x, shape, loc)
 
 
+def _axis(x, axis, loc):
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"axis {axis} out of range for shape {list(x.shape)}", loc or x.loc)
+    return axis % x.ndim
+
+
 def slice(x, axis, start, stop, loc=None):
+    axis = _axis(x, axis, loc)
     if (start, stop) == (0, x.shape[axis]):
         return x
     return make(Op.SLICE, (x,), (axis, start, stop), loc or x.loc)
@@ -159,13 +166,13 @@ def dslice(x, offset, axis, size, loc=None):
 
 
 def reduce_sum(x, axis, keepdims=True, loc=None):
-    axis %= x.ndim
+    axis = _axis(x, axis, loc)
     y = make(Op.SUM, (x,), axis, loc or x.loc)
     return y if keepdims else reshape(y, x.shape[:axis] + x.shape[axis + 1 :])
 
 
 def reduce_max(x, axis, keepdims=True, loc=None):
-    axis %= x.ndim
+    axis = _axis(x, axis, loc)
     y = make(Op.RMAX, (x,), axis, loc or x.loc)
     return y if keepdims else reshape(y, x.shape[:axis] + x.shape[axis + 1 :])
 
@@ -176,7 +183,7 @@ def sum_all(x):
 
 def mean(x, axis, keepdims=True, loc=None):
     s = reduce_sum(x, axis, keepdims, loc)
-    return mul(s, full((), 1.0 / x.shape[axis % x.ndim]), loc)
+    return mul(s, full((), 1.0 / x.shape[_axis(x, axis, loc)]), loc)
 
 
 # ---------------------------------------------------------------- contraction, indexing
@@ -214,7 +221,7 @@ def attention(q, k, v, heads, loc=None):
 
 
 def softmax(x, axis=-1, loc=None):
-    axis %= x.ndim
+    axis = _axis(x, axis, loc)
     m = reduce_max(x, axis, loc=loc)
     e = exp(sub(x, m, loc), loc)
     return div(e, reduce_sum(e, axis, loc=loc), loc)
@@ -243,6 +250,8 @@ def gelu_tanh(x, loc=None):
 
 def cross_entropy(logits, targets, loc=None):
     """Mean over positions of logsumexp(logits) - logits[target]; logits [..., V], targets [...] i32."""
+    if logits.ndim == 0:
+        raise ShapeError("cross_entropy needs logits of rank >= 1", loc)
     V = logits.shape[-1]
     if targets.shape != logits.shape[:-1]:
         raise ShapeError(
@@ -257,8 +266,8 @@ def cross_entropy(logits, targets, loc=None):
 
 
 def split(x, n, axis=-1, loc=None):
-    axis %= x.ndim
-    if x.shape[axis] % n:
+    axis = _axis(x, axis, loc)
+    if n <= 0 or x.shape[axis] % n:
         raise ShapeError(f"cannot split axis of size {x.shape[axis]} into {n} equal parts", loc or x.loc)
     s = x.shape[axis] // n
     return [slice(x, axis, i * s, (i + 1) * s, loc) for i in range(n)]

@@ -151,6 +151,8 @@ def _dslice_shape(srcs, arg, loc):
 
 def _matmul_shape(srcs, arg, loc):
     a, b = srcs
+    if a.dtype != "f32" or b.dtype != "f32":
+        _fail(loc, f"matmul needs f32 operands, got {a.dtype} @ {b.dtype}")
     if a.ndim < 2 or b.ndim < 2:
         _fail(loc, f"matmul needs operands of rank >= 2, got {list(a.shape)} @ {list(b.shape)}")
     if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
@@ -169,7 +171,7 @@ def _attention_shape(srcs, arg, loc):
     q, k, v = srcs
     if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape:
         _fail(loc, f"causal_attention needs q, k, v of one shape [B, T, d], got {[list(s.shape) for s in srcs]}")
-    if q.shape[2] % arg:
+    if arg <= 0 or q.shape[2] % arg:
         _fail(loc, f"model width {q.shape[2]} is not divisible by {arg} heads")
     return q.dtype, q.shape
 
