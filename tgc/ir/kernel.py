@@ -86,16 +86,25 @@ def iadd(a, b) -> KExpr:
         return a
     if _cv(a) is not None:
         a, b = b, a
-    # (x // c) * c + x % c  ->  x
+    # (x // (c*k)) * k + (x // c) % k  ->  x // c   (c = 1: (x // k) * k + x % k -> x)
     for p, q in ((a, b), (b, a)):
-        if p.op is Op.MUL and q.op is Op.MOD and p.srcs[0].op is Op.IDIV:
-            x, c = p.srcs[0].srcs
-            if _cv(p.srcs[1]) == _cv(c) and q.srcs == (x, c):
-                return x
+        if p.op is Op.MUL and q.op is Op.MOD and p.srcs[0].op is Op.IDIV and _cv(p.srcs[1]) is not None:
+            x, c1 = _divparts(p.srcs[0])
+            y, c0 = _divparts(q.srcs[0])
+            k = p.srcs[1].arg
+            if x == y and _cv(q.srcs[1]) == k and c1 == c0 * k:
+                return idiv(x, c0)
     # fold constants: (x + c1) + c2
     if _cv(b) is not None and a.op is Op.ADD and _cv(a.srcs[1]) is not None:
         return iadd(a.srcs[0], a.srcs[1].arg + b.arg)
     return KExpr(Op.ADD, "i32", (a, b), None, a.vmin + b.vmin, a.vmax + b.vmax)
+
+
+def _divparts(e: KExpr) -> tuple[KExpr, int]:
+    """e as (x, c) with e == x // c (c = 1 when e is not a constant division)."""
+    if e.op is Op.IDIV and _cv(e.srcs[1]) is not None:
+        return e.srcs[0], e.srcs[1].arg
+    return e, 1
 
 
 def imul(a, b) -> KExpr:

@@ -116,6 +116,10 @@ def _view_chain(n: Node, is_mat) -> tuple[Node, tuple, tuple, int] | Node:
     return x, shape, strides, offset
 
 
+SHARED_COST = 6
+MAX_COST = 48
+
+
 def _cheap(n: Node) -> bool:
     return n.op in GroupOp.Leaf or n.op in GroupOp.Movement - {Op.PAD, Op.DSLICE}
 
@@ -151,11 +155,24 @@ class Scheduler:
     def choose(self):
         mat = self.mat
         mat.update(r for r in self.roots)
+        # Elementwise values are recomputed by each reader while that is cheap: a value read
+        # twice is stored once its inlined expression costs more than SHARED_COST ops, and
+        # any value once it costs more than MAX_COST (this bounds the recomputation, e.g.
+        # along the residual stream's gradient, which every layer adds to).
+        cost: dict[Node, int] = {}
         for n in self.order:
             if n.op in (Op.MATMUL, Op.SUM, Op.RMAX):
                 mat.add(n)
-            elif n.op in GroupOp.Elementwise and self.users.get(n, 0) >= 2 and not self._scalar_uniform_expr(n):
+            if n in mat or n.op in GroupOp.Leaf:
+                cost[n] = 0
+                continue
+            c = sum(cost.get(s, 0) for s in n.srcs) + (n.op not in GroupOp.Movement)
+            if n.op in GroupOp.Elementwise and not self._scalar_uniform_expr(n) and (
+                (self.users.get(n, 0) >= 2 and c > SHARED_COST) or c > MAX_COST
+            ):
                 mat.add(n)
+                c = 0
+            cost[n] = c
         # matmul operands must be strided views of tensors
         for n in self.order:
             if n.op is Op.MATMUL:
