@@ -70,20 +70,33 @@ def _prod(shape) -> int:
 def cmd_train(a) -> int:
     from tgc.train import train
 
-    train(
+    r = train(
         preset=a.preset, corpus=a.corpus, steps=a.steps, out=a.out, backend=a.backend, resume=a.resume, seed=a.seed,
-        lr=a.lr, batch=a.batch, tokenizer=a.tokenizer, eval_every=a.eval_every, ckpt_every=a.ckpt_every, model_path=a.model,
+        lr=a.lr, batch=a.batch, tokenizer=a.tokenizer, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
+        model_path=a.model, warmup=a.warmup,
     )
-    return 0
+    return 130 if getattr(r, "interrupted", False) else 0
 
 
 def cmd_generate(a) -> int:
-    from tgc.generate import generate_cli
+    from tgc.generate import generate
 
-    return generate_cli(
+    g = generate(
         a.ckpt, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
         seed=a.seed, kv_cache=not a.no_kv_cache, backend=a.backend,
-    ) or 0
+    )
+    sys.stdout.write(a.prompt)
+    for piece in g:  # tokens stream as they are produced
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    st = g.stats
+    print(
+        f"\n\n[{st.new_tokens} new tokens ({st.prompt_tokens} prompt tokens not counted), "
+        f"{st.tokens_per_s:.1f} tokens/s, first token {1000 * st.first_token_s:.1f} ms, "
+        f"{'KV cache' if not a.no_kv_cache else 'no KV cache'}, {st.backend}]",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_parity(a) -> int:
@@ -120,18 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_compile)
 
     s = sub.add_parser("train", help="train a preset on a corpus")
-    s.add_argument("--preset", required=True)
-    s.add_argument("--corpus", required=True, help="shakespeare, python, or a text file")
-    s.add_argument("--steps", type=int, required=True)
+    s.add_argument("--preset", help="model size (default tiny; from the checkpoint with --resume)")
+    s.add_argument("--corpus", help="shakespeare (default), python, or a text file")
+    s.add_argument("--steps", type=int, required=True, help="total steps the LR schedule plans for")
     s.add_argument("--out", required=True, help="checkpoint directory")
     s.add_argument("--backend", default="auto", choices=["auto", "webgpu", "wasm", "numpy"])
     s.add_argument("--resume", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--batch", type=int)
-    s.add_argument("--tokenizer", default="byte", help="byte (default) or bpe:N")
-    s.add_argument("--eval-every", type=int, default=100)
-    s.add_argument("--ckpt-every", type=int, default=500)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--lr", type=float, help="peak learning rate (default from presets.toml)")
+    s.add_argument("--warmup", type=int, help="warmup steps")
+    s.add_argument("--batch", type=int, help="override the preset's batch size")
+    s.add_argument("--tokenizer", help="byte (default) or bpe:N")
+    s.add_argument("--eval-every", type=int)
+    s.add_argument("--ckpt-every", type=int)
     s.add_argument("--model", default=str(default_model_path()))
     s.set_defaults(fn=cmd_train)
 
