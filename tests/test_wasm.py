@@ -1,0 +1,271 @@
+"""The WebAssembly target against the numpy references.
+
+Kernels: graphs built with tgc.ir.build are scheduled as the compiler does, every kernel
+is rendered to wasm64 and run in wasmtime with each tensor in its own place, and every
+tensor (intermediates included) is compared with the kernel interpreter
+(tgc/ir/kinterp.py). Programs: whole artifacts (tiny, small) against the graph
+interpreter (tgc/ir/interp.py). Memory64: a module whose tensors sit past 4 GiB.
+
+Tolerances (one helper, `assert_close`): max |got - want| <= atol + rtol * max |want|
+per tensor. Kernels: rtol 2e-6 for elementwise work (same f32 ops, our exp/log/erf/tanh/cos
+within a few ulp), 1e-5 where sums are reordered (vectorized reductions, blocked matmul).
+Programs: rtol 1e-4 (many reordered sums feed each other through backprop and AdamW).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tgc.codegen.llvm import build_kernels
+from tgc.ir import build as b
+from tgc.ir.kinterp import run_kernel
+from tgc.ir.passes import run_passes
+from tgc.ir.program import Program
+from tgc.ir.schedule import schedule
+from tgc.runtime.wasm import WasmRuntime
+
+HYP = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def assert_close(got, want, rtol, atol=1e-6, name=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{name}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
+    if want.dtype.kind == "i":
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        return
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(np.isfinite(got), fin, err_msg=f"{name}: non-finite mismatch")
+    if not fin.any():
+        return
+    err = np.max(np.abs(got[fin].astype(np.float64) - want[fin]))
+    scale = np.max(np.abs(want[fin]))
+    assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3g}, rel {err / max(scale, 1e-30):.3g} (scale {scale:.3g})"
+
+
+def run_graph(tmp_path, outputs: dict, env: dict, uniforms: dict | None = None, base=None, rtol=1e-5):
+    """Schedule `outputs`, run every kernel in wasm and in kinterp; compare every tensor."""
+    prog = Program("run", outputs).map_graph(run_passes)
+    s = schedule(prog)
+    uniforms = uniforms or {}
+    tensors = {n: (t.shape, t.dtype) for n, t in s.tensors.items()}
+    kw = {} if base is None else {"base": base}
+    art = build_kernels(s.kernels, tensors, tmp_path / "k", uniforms={u: s.uniforms[u] for u in s.uniforms}, **kw)
+    rt = WasmRuntime(art)
+    mem = {}
+    for n, t in s.tensors.items():
+        dt = np.int32 if t.dtype == "i32" else np.float32
+        mem[n] = np.asarray(env[n], dt).reshape(-1).copy() if n in env else np.zeros(math.prod(t.shape), dt)
+        rt.write(n, mem[n].reshape(t.shape))
+    rt.set_uniforms(uniforms)
+    rt.call("run")
+    for k in s.kernels:
+        run_kernel(k, mem, uniforms)
+    for n, t in s.tensors.items():
+        assert_close(rt.read(n), mem[n].reshape(t.shape), rtol, name=n)
+    return s, rt
+
+
+def rnd(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+dims = st.integers(1, 9)
+
+
+# ---------------------------------------------------------------- kernels
+
+@HYP
+@given(shape=st.lists(dims, min_size=1, max_size=4), data=st.data())
+def test_elementwise_index_math(tmp_path, shape, data):
+    """broadcast (expand), permute and reshape feeding one fused elementwise kernel."""
+    shape = tuple(shape)
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    x = b.input("x", shape)
+    bshape = tuple(1 if data.draw(st.booleans()) else s for s in shape)
+    y = b.input("y", bshape)
+    z = b.add(b.mul(x, b.expand(y, shape)), b.scalar(0.5, x))
+    z = b.permute(z, perm)
+    z = b.reshape(b.exp(z), (math.prod(shape),))
+    run_graph(tmp_path, {"out": z}, {"x": rnd(shape), "y": rnd(bshape, 1)}, rtol=2e-6)
+
+
+@pytest.mark.parametrize("op", ["exp", "log", "tanh", "erf", "cos", "sqrt", "recip", "neg"])
+def test_math_functions(tmp_path, op):
+    """Each unary op over a wide range, in wasm vs numpy's f32 (f64 inside) results."""
+    r = np.random.default_rng(3)
+    v = np.concatenate([r.standard_normal(2000) * s for s in (0.1, 1, 3, 10, 40)]).astype(np.float32)
+    if op in ("log", "sqrt"):
+        v = np.abs(v) + np.float32(1e-30)
+        v = np.concatenate([v, [0.0, np.inf]]).astype(np.float32)
+    if op == "exp":
+        v = np.concatenate([v, [-100.0, 88.0, 89.0, -np.inf, np.inf]]).astype(np.float32)
+    x = b.input("x", v.shape)
+    fn = {"exp": b.exp, "log": b.log, "tanh": b.tanh, "erf": b.erf, "cos": b.cos, "sqrt": b.sqrt,
+          "recip": b.recip, "neg": b.neg}[op]  # fmt: skip
+    s, rt = run_graph(tmp_path, {"out": fn(x)}, {"x": v}, rtol=1e-5)
+    got = rt.read(s.outputs["out"]).astype(np.float64)
+    want64 = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "cos": np.cos, "erf": np.vectorize(math.erf)}.get(op)
+    if want64 is not None:  # the documented accuracy (docs/wasm.md): ulps of the f64 result
+        with np.errstate(all="ignore"):
+            w = want64(v.astype(np.float64))
+        ok = (np.abs(w) > 1.2e-38) & (np.abs(w) < 3.4e38)
+        ulp = np.abs(got[ok] - w[ok]) / np.spacing(np.abs(w[ok]).astype(np.float32))
+        print(f"{op}: max {ulp.max():.2f} ulp")
+        assert ulp.max() <= {"exp": 2, "log": 2, "tanh": 3, "cos": 2, "erf": 3}[op]
+
+
+@HYP
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3), data=st.data())
+def test_reductions(tmp_path, shape, data):
+    """SUM and RMAX over the last and non-last axes (the two loop orders of the renderer)."""
+    shape = tuple(shape)
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    x = b.input("x", shape)
+    outs = {"s": b.reduce_sum(b.mul(x, x), axis), "m": b.reduce_max(x, axis)}
+    run_graph(tmp_path, outs, {"x": rnd(shape)})
+
+
+@HYP
+@given(m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 300), form=st.sampled_from(["nn", "tn", "nt"]),
+       batch=st.sampled_from([(), (2,), (2, 3)]))  # fmt: skip
+def test_matmul(tmp_path, m, n, k, form, batch):
+    """A @ B, A^T @ B, A @ B^T (strided views, no copies), batched; edges of the 4x16 tile."""
+    ash = batch + ((k, m) if form == "tn" else (m, k))
+    bsh = batch + ((n, k) if form == "nt" else (k, n))
+    a, bb = b.input("a", ash), b.input("b", bsh)
+    ta = b.transpose(a) if form == "tn" else a
+    tb = b.transpose(bb) if form == "nt" else bb
+    s, _ = run_graph(tmp_path, {"c": b.matmul(ta, tb)}, {"a": rnd(ash), "b": rnd(bsh, 1)})
+    assert [kk.kind for kk in s.kernels] == ["matmul"]
+
+
+def test_matmul_large_blocks(tmp_path):
+    """Sizes past one KC x NC block and MC rows: the accumulate path and every edge."""
+    m, n, k = 131, 2051, 517
+    a, bb = b.input("a", (m, k)), b.input("b", (k, n))
+    run_graph(tmp_path, {"c": b.matmul(a, bb)}, {"a": rnd((m, k)), "b": rnd((k, n), 1)})
+
+
+@HYP
+@given(v=st.integers(2, 50), d=st.integers(1, 20), bt=st.integers(1, 12))
+def test_embedding_gather(tmp_path, v, d, bt):
+    table, idx = b.input("table", (v, d)), b.input("idx", (bt,), "i32")
+    ids = np.random.default_rng(v).integers(0, v, bt).astype(np.int32)
+    run_graph(tmp_path, {"e": b.embed(table, idx)}, {"table": rnd((v, d)), "idx": ids})
+
+
+def test_cache_write_and_uniforms(tmp_path):
+    """UPDATE_SLICE into a KV cache at a runtime position (an i32 uniform), f32 uniform math."""
+    from tgc.ir.node import make
+    from tgc.ir.ops import Op
+
+    cache, new = b.input("cache", (2, 16, 8), role="kv_cache"), b.input("new", (2, 3, 8))
+    pos = b.uniform("pos", "i32")
+    upd = make(Op.UPDATE_SLICE, (cache, new, pos), 1)
+    lr = b.uniform("lr")
+    scaled = b.mul(new, b.expand(b.reshape(lr, (1, 1, 1)), (2, 3, 8)))
+    for p in (0, 5, 13):
+        run_graph(tmp_path / str(p), {"c": upd, "s": scaled}, {"cache": rnd((2, 16, 8)), "new": rnd((2, 3, 8), 1)}, {"pos": p, "lr": 0.25})
+
+
+def test_memory64_tensors_beyond_4gib(tmp_path):
+    """The module's memory is 64-bit, and kernels read and write tensors placed past 4 GiB
+    (the first one straddles the boundary): matmul, reduction, elementwise with exp."""
+    t0 = time.perf_counter()
+    base = (4 << 30) - 2048
+    a, w = b.input("a", (24, 40)), b.input("w", (40, 33))
+    h = b.matmul(a, w)
+    outs = {"h": h, "p": b.exp(b.sub(h, b.expand(b.reduce_max(h, 1), (24, 33)))), "s": b.reduce_sum(h, 0)}
+    s, rt = run_graph(tmp_path, outs, {"a": rnd((24, 40)), "w": rnd((40, 33), 1)}, base=base)
+    assert rt.is_memory64 and rt.memory.type(rt.store).is_64
+    addrs = {n: rt.base[n] for n in s.tensors}
+    assert all(addr + 4 * math.prod(s.tensors[n].shape) > 4 << 30 for n, addr in addrs.items())
+    assert sum(addr >= 4 << 30 for addr in addrs.values()) >= 3
+    assert time.perf_counter() - t0 < 60
+
+
+# ---------------------------------------------------------------- whole programs
+
+def _program_env(compiled, rt, seed=0):
+    from tgc.runtime.base import initial_state
+
+    state = initial_state(rt.manifest, seed)
+    for name, value in state.items():
+        rt.write(name, value)
+    r = np.random.default_rng(seed)
+    B, T = compiled.batch, compiled.config["ctx"]
+    batch = {"idx": r.integers(0, 256, (B, T)).astype(np.int32), "targets": r.integers(0, 256, (B, T)).astype(np.int32)}
+    return state, batch
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_programs_match_interpreter(tmp_path, preset):
+    from tgc.compiler import compile_model
+    from tgc.ir.interp import run_program
+
+    c = compile_model(preset=preset, out=tmp_path / "art", targets=("wasm",))
+    rt = WasmRuntime(tmp_path / "art")
+    assert rt.is_memory64
+    state, batch = _program_env(c, rt)
+    T = c.config["ctx"]
+    u = {"lr": 3e-4, "step": 1.0, "warmup": 10.0, "total_steps": 100.0}
+
+    def check(pname, inputs, uniforms, env_state):
+        want_out, want_upd = run_program(c.programs[pname], {**env_state, **inputs, **uniforms})
+        got = rt.run(pname, inputs, uniforms, read=list(want_out))
+        for name, w in want_out.items():
+            assert_close(got[name], w, 1e-4, atol=1e-6, name=f"{pname}:{name}")
+        for name, w in want_upd.items():
+            assert_close(rt.read(name), w, 1e-4, atol=1e-6, name=f"{pname}:{name}")
+        return want_upd
+
+    check("eval_loss", batch, {}, state)
+    check("forward", {"tokens": batch["idx"][:1]}, {}, state)
+    used = {k: v for k, v in u.items() if k in c.schedules["train_step"].uniforms}
+    new_state = check("train_step", batch, used, state)
+    state = {**state, **new_state}
+    n = T // 2
+    tokens = np.zeros((1, T), np.int32)
+    tokens[0, :n] = batch["idx"][0, :n]
+    caches = check("prefill", {"tokens": tokens}, {"len": n}, state)
+    state = {**state, **caches}
+    check("decode_step", {"token": batch["idx"][:1, n : n + 1]}, {"pos": n}, state)
+
+
+@pytest.mark.slow
+def test_behemoth_train_step(tmp_path):
+    """24 layers, d=1280, ctx 512: about 7.5 GiB of memory, most of the state past 4 GiB. One
+    train_step; its loss matches the graph interpreter's loss on the same weights."""
+    import resource
+
+    from tgc.compiler import compile_model
+    from tgc.ir.interp import run_program
+
+    t0 = time.perf_counter()
+    c = compile_model(preset="behemoth", out=tmp_path / "art", targets=("wasm",))
+    t_compile = time.perf_counter() - t0
+    from tgc.runtime.base import init_value, load_manifest
+
+    # the interpreter first (it keeps every intermediate), then free it before wasm's 7.5 GiB
+    params = {t["name"]: init_value(t, 0) for t in load_manifest(tmp_path / "art")["tensors"] if t["role"] == "parameter"}
+    r = np.random.default_rng(0)
+    batch = {k: r.integers(0, 256, (1, 512)).astype(np.int32) for k in ("idx", "targets")}
+    want = float(run_program(c.programs["eval_loss"], {**params, **batch})[0]["loss"])
+    rt = WasmRuntime(tmp_path / "art")
+    assert rt.is_memory64 and rt.memory_bytes > 6 << 30  # 7.5 GiB: most state past 4 GiB
+    for name in list(params):  # moments stay as the fresh memory's zeros
+        rt.write(name, params.pop(name))
+    u = {k: v for k, v in {"lr": 3e-4, "step": 1.0, "warmup": 10.0, "total_steps": 100.0}.items() if k in c.schedules["train_step"].uniforms}
+    t1 = time.perf_counter()
+    loss = float(rt.run("train_step", batch, u)["loss"])
+    t_step = time.perf_counter() - t1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"behemoth: compile {t_compile:.1f}s, train_step {t_step:.1f}s, loss {loss:.5f} vs {want:.5f}, peak RSS {peak:.2f} GiB")
+    assert 5.0 < loss < 6.5  # near ln(256) = 5.545 at init
+    assert abs(loss - want) < 1e-3

@@ -1,0 +1,655 @@
+"""The WebAssembly renderer: kernel IR -> LLVM IR (llvmlite) -> wasm64 object -> wasm-ld -> model.wasm.
+
+One LLVM function per kernel, built from three templates (elementwise, reduce, matmul),
+one exported function per program that calls its kernels in order with the tensors'
+absolute addresses as i64 constants (the layout's wasm_base: tensors past 4 GiB are just
+bigger constants), and a few shared helpers: a packed, register-blocked SIMD128 matmul
+and branch-free f32 exp/log/tanh/erf/cos (wasm has no such instructions). The module
+imports one 64-bit memory that the host sizes from manifest["wasm"]["memory_bytes"];
+the matmul's packing scratch sits above every buffer of the layout. docs/wasm.md says
+why each choice was made and how accurate the math functions are.
+
+Not here: deciding what a kernel computes (tgc/ir/schedule.py) or where tensors live
+(tgc/ir/memplan.py, tgc/compiler.make_layouts); running the module (tgc/runtime/wasm.py).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from llvmlite import ir
+
+from tgc.codegen.base import UNIFORM_BLOCK, Layout
+from tgc.errors import TgcError
+from tgc.ir.kernel import KExpr, Kernel
+from tgc.ir.ops import Op
+
+TRIPLE = "wasm64-unknown-unknown"
+FEATURES = "+simd128,+bulk-memory,+nontrapping-fptoint"
+HEAP_BASE = 1 << 20  # tgc.compiler.WASM_HEAP_BASE: the module's stack and data stay below
+STACK_BYTES = 256 << 10
+
+F32, I32, I64, VOID = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.VoidType()
+V4 = ir.VectorType(F32, 4)
+PF32 = F32.as_pointer()
+
+# matmul blocking (see docs/wasm.md): an MR x NR register tile of <4 x float> accumulators,
+# A packed in MC x KC blocks (L2), B in KC x NC panels (L3), an NR-wide B sliver in L1.
+MR, NR, KC, MC, NC = 4, 16, 256, 128, 2048
+SCRATCH_A = MC * KC * 4
+SCRATCH_BYTES = SCRATCH_A + KC * NC * 4 + (64 << 10)
+
+
+def _c64(v) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+def _cf(v) -> ir.Constant:
+    return ir.Constant(F32, float(v))
+
+
+def _splat(b: ir.IRBuilder, x) -> ir.Value:
+    v = b.insert_element(ir.Constant(V4, ir.Undefined), x, ir.Constant(I32, 0))
+    return b.shuffle_vector(v, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [0] * 4))
+
+
+def _flags(v, *flags):
+    v.flags = list(flags)
+    return v
+
+
+@contextmanager
+def loop(b: ir.IRBuilder, stop, start=0, step=1, name="i"):
+    """for (i = start; i < stop; i += step) as i64; yields i. The body may add blocks."""
+    stop, start = (_c64(x) if isinstance(x, int) else x for x in (stop, start))
+    pre = b.block
+    head, body, end = (b.append_basic_block(f"{name}.{s}") for s in ("head", "body", "end"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name=name)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), body, end)
+    b.position_at_end(body)
+    yield i
+    i.add_incoming(_flags(b.add(i, _c64(step)), "nuw", "nsw"), b.block)
+    b.branch(head)
+    b.position_at_end(end)
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+# ---------------------------------------------------------------- math functions
+
+class MathLib:
+    """f32 exp/log/tanh/erf/cos as internal, branch-free, always-inlined LLVM functions,
+    so that loops calling them still vectorize. Max errors measured in tests/test_wasm.py."""
+
+    # Cephes expf/logf/sinf/cosf minimax coefficients; erf and tanh are least-squares fits
+    # on Chebyshev nodes (f64 reference, then rounded to f32), see docs/wasm.md.
+    EXP = [5.0000001201e-1, 1.6666665459e-1, 4.1665795894e-2, 8.3334519073e-3, 1.3981999507e-3, 1.9875691500e-4]
+    LOG = [3.3333331174e-1, -2.4999993993e-1, 2.0000714765e-1, -1.6668057665e-1, 1.4249322787e-1,
+           -1.2420140846e-1, 1.1676998740e-1, -1.1514610310e-1, 7.0376836292e-2]  # fmt: skip
+    SIN = [-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4]
+    COS = [4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5]
+    ERF_SMALL = [1.1283791065216064, -0.3761262595653534, 0.11283597350120544, -0.02685432881116867,
+                 0.005189312156289816, -0.0008018855005502701, 7.882497448008507e-05]  # fmt: skip
+    ERF_LARGE = [0.21080635488033295, -0.1115214005112648, 0.05611095950007439, -0.026997791603207588,
+                 0.012484035454690456, -0.005611762870103121, 0.002425885060802102, -0.0009155637817457318,
+                 0.0003678686625789851, -0.00024550259695388377, 9.640451753512025e-05]  # fmt: skip
+    TANH_SMALL = [1.0, -0.3333326280117035, 0.13331149518489838, -0.05372267961502075,
+                  0.020595679059624672, -0.005664775148034096]  # fmt: skip
+
+    def __init__(self, mod: ir.Module):
+        self.mod, self.fns = mod, {}
+
+    def intrinsic(self, name, ret, args):
+        fn = self.mod.globals.get(name)
+        return fn if fn is not None else ir.Function(self.mod, ir.FunctionType(ret, args), name=name)
+
+    def get(self, op: Op) -> ir.Function:
+        if op not in self.fns:
+            fn = ir.Function(self.mod, ir.FunctionType(F32, [F32]), name=f"tgc_{op.name.lower()}f")
+            fn.linkage = "internal"
+            fn.attributes.add("alwaysinline")
+            b = ir.IRBuilder(fn.append_basic_block())
+            self.fns[op] = fn
+            b.ret(getattr(self, "_" + op.name.lower())(b, fn.args[0]))
+        return self.fns[op]
+
+    @staticmethod
+    def _poly(b, x, coeffs):  # Horner, coeffs lowest degree first
+        y = _cf(coeffs[-1])
+        for c in coeffs[-2::-1]:
+            y = b.fadd(b.fmul(y, x), _cf(c))
+        return y
+
+    def _round(self, b, x):
+        return b.call(self.intrinsic("llvm.roundeven.f32", F32, [F32]), [x])
+
+    def _abs(self, b, x):
+        return b.call(self.intrinsic("llvm.fabs.f32", F32, [F32]), [x])
+
+    def _exp(self, b, x):
+        # n = round(x / ln2), r = x - n ln2 (two-part ln2), e^r by a degree-7 poly, 2^n by exponent bits
+        xc = b.select(b.fcmp_ordered("<", x, _cf(88.72283)), x, _cf(88.72283))  # NaN: fixed at the end
+        xc = b.select(b.fcmp_ordered(">", xc, _cf(-103.97208)), xc, _cf(-103.97208))
+        n = self._round(b, b.fmul(xc, _cf(1.44269504088896341)))
+        r = b.fsub(b.fsub(xc, b.fmul(n, _cf(0.693359375))), b.fmul(n, _cf(-2.12194440e-4)))
+        p = b.fadd(b.fadd(b.fmul(self._poly(b, r, self.EXP), b.fmul(r, r)), r), _cf(1.0))
+        ni = b.fptosi(n, I32)  # 2^n as 2^(n/2) 2^(n - n/2): both normal for n in [-150, 128]
+        n1 = b.ashr(ni, ir.Constant(I32, 1))
+        y = p
+        for e in (n1, b.sub(ni, n1)):
+            y = b.fmul(y, b.bitcast(b.shl(b.add(e, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32))
+        y = b.select(b.fcmp_ordered("<", x, _cf(-103.97208)), _cf(0.0), y)  # below half the least subnormal: 0
+        y = b.select(b.fcmp_ordered(">", x, _cf(88.72283)), _cf(math.inf), y)
+        return b.select(b.fcmp_unordered("uno", x, x), x, y)
+
+    def _log(self, b, x):
+        # x = m 2^e with m in [sqrt(1/2), sqrt(2)); log(m) = f - f^2/2 + f^3 P(f), f = m - 1
+        ix = b.bitcast(x, I32)
+        e = b.sub(b.ashr(ix, ir.Constant(I32, 23)), ir.Constant(I32, 127))
+        m = b.bitcast(b.or_(b.and_(ix, ir.Constant(I32, 0x007FFFFF)), ir.Constant(I32, 0x3F800000)), F32)
+        big = b.fcmp_ordered(">", m, _cf(1.41421356))
+        m = b.select(big, b.fmul(m, _cf(0.5)), m)
+        e = b.sitofp(b.add(e, b.zext(big, I32)), F32)
+        f = b.fsub(m, _cf(1.0))
+        z = b.fmul(f, f)
+        y = b.fmul(b.fmul(self._poly(b, f, self.LOG), f), z)
+        y = b.fadd(y, b.fmul(e, _cf(-2.12194440e-4)))
+        y = b.fsub(y, b.fmul(z, _cf(0.5)))
+        y = b.fadd(b.fadd(f, y), b.fmul(e, _cf(0.693359375)))
+        y = b.select(b.fcmp_ordered("==", x, _cf(math.inf)), x, y)
+        y = b.select(b.fcmp_ordered("==", x, _cf(0.0)), _cf(-math.inf), y)
+        return b.select(b.fcmp_unordered("<", x, _cf(0.0)), _cf(math.nan), y)  # x < 0 or NaN
+
+    def _tanh(self, b, x):
+        a = self._abs(b, x)
+        small = b.fmul(self._poly(b, b.fmul(x, x), self.TANH_SMALL), x)
+        t = b.fsub(_cf(1.0), b.fdiv(_cf(2.0), b.fadd(self._exp(b, b.fmul(a, _cf(2.0))), _cf(1.0))))
+        big = b.call(self.intrinsic("llvm.copysign.f32", F32, [F32, F32]), [t, x])
+        return b.select(b.fcmp_unordered("<", a, _cf(0.625)), small, big)
+
+    def _erf(self, b, x):
+        a = self._abs(b, x)
+        small = b.fmul(self._poly(b, b.fmul(x, x), self.ERF_SMALL), x)
+        u = b.fmul(b.fsub(a, _cf(2.5)), _cf(1 / 1.5))
+        t = b.fsub(_cf(1.0), b.fmul(self._exp(b, b.fneg(b.fmul(a, a))), self._poly(b, u, self.ERF_LARGE)))
+        t = b.select(b.fcmp_ordered(">", a, _cf(4.0)), _cf(1.0), t)
+        big = b.call(self.intrinsic("llvm.copysign.f32", F32, [F32, F32]), [t, x])
+        return b.select(b.fcmp_unordered("<", a, _cf(1.0)), small, big)
+
+    def _cos(self, b, x):
+        # n = round(x / (pi/2)), r = x - n pi/2 in three parts (Cody-Waite); quadrant picks +-sin/cos
+        n = self._round(b, b.fmul(x, _cf(2 / math.pi)))
+        r = x
+        for c in (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8):
+            r = b.fsub(r, b.fmul(n, _cf(c)))
+        z = b.fmul(r, r)
+        s = b.fadd(b.fmul(b.fmul(self._poly(b, z, self.SIN), z), r), r)
+        c = b.fadd(b.fsub(b.fmul(b.fmul(self._poly(b, z, self.COS), z), z), b.fmul(z, _cf(0.5))), _cf(1.0))
+        q = b.and_(b.fptosi(n, I32), ir.Constant(I32, 3))
+        odd = b.icmp_unsigned("==", b.and_(q, ir.Constant(I32, 1)), ir.Constant(I32, 0))
+        v = b.select(odd, c, s)
+        neg = b.icmp_unsigned("==", b.and_(b.add(q, ir.Constant(I32, 1)), ir.Constant(I32, 2)), ir.Constant(I32, 2))
+        return b.select(neg, b.fneg(v), v)
+
+
+# ---------------------------------------------------------------- scalar expressions
+
+_FBIN = {Op.ADD: "fadd", Op.SUB: "fsub", Op.MUL: "fmul", Op.DIV: "fdiv"}
+_IBIN = {Op.ADD: "add", Op.SUB: "sub", Op.MUL: "mul"}
+_FMINMAX = {Op.MAX: "llvm.maximum.f32", Op.MIN: "llvm.minimum.f32"}  # NaN-propagating, like numpy
+_CMP = {Op.CMPLT: "<", Op.CMPEQ: "=="}
+_TRANSCENDENTAL = (Op.EXP, Op.LOG, Op.TANH, Op.ERF, Op.COS)
+
+
+class ExprGen:
+    """Emits a KExpr DAG once per node (memoized) into the current block. i32 values are
+    carried as i64 (index math never wraps, addresses are 64-bit); loads go through the
+    kernel's pointer arguments; `sym` maps placeholder nodes (loop indices) to values."""
+
+    def __init__(self, b, lib: MathLib, ptrs: dict, layout: Layout, sym: dict):
+        self.b, self.lib, self.ptrs, self.layout, self.sym, self.memo = b, lib, ptrs, layout, sym, {}
+
+    def __call__(self, e: KExpr):
+        v = self.memo.get(e)
+        if v is None:
+            v = self.memo[e] = self._gen(e)
+        return v
+
+    def _gen(self, e: KExpr):
+        b, op = self.b, e.op
+        if e in self.sym:
+            return self.sym[e]
+        if op is Op.CONST:
+            return _c64(e.arg) if e.dtype == "i32" else _cf(e.arg)
+        if op is Op.UNIFORM:
+            off, dt = self.layout.uniforms[e.arg]
+            addr = self.layout.wasm_base[UNIFORM_BLOCK] + off
+            v = b.load(b.inttoptr(_c64(addr), (I32 if dt == "i32" else F32).as_pointer()))
+            return _convert(b, v, dt, e.dtype)
+        if op is Op.LOAD:
+            p = b.gep(self.ptrs[e.arg], [self(e.srcs[0])], inbounds=True)
+            v = b.load(p)
+            return b.sext(v, I64) if e.dtype == "i32" else v
+        s = [self(x) for x in e.srcs]
+        if op is Op.WHERE:
+            return b.select(b.fcmp_unordered("!=", s[0], _cf(0.0)), s[1], s[2])
+        if op is Op.CAST:
+            return _convert(b, s[0], e.srcs[0].dtype, e.arg)
+        if op in _CMP:
+            c = b.icmp_signed(_CMP[op], *s) if e.srcs[0].dtype == "i32" else b.fcmp_ordered(_CMP[op], *s)
+            return b.uitofp(c, F32)
+        if e.dtype == "i32":
+            if op in _IBIN:
+                return _flags(getattr(b, _IBIN[op])(*s), "nsw")
+            if op in (Op.MAX, Op.MIN):
+                return b.select(b.icmp_signed(">" if op is Op.MAX else "<", *s), *s)
+            if op in (Op.IDIV, Op.MOD):
+                if e.srcs[0].vmin >= 0 and e.srcs[1].vmin >= 0:
+                    return (b.udiv if op is Op.IDIV else b.urem)(*s)
+                q, r = b.sdiv(*s), b.srem(*s)  # floor semantics for a negative dividend
+                fix = b.and_(b.icmp_signed("!=", r, _c64(0)), b.icmp_signed("<", r, _c64(0)))
+                return b.sub(q, b.zext(fix, I64)) if op is Op.IDIV else b.select(fix, b.add(r, s[1]), r)
+            if op is Op.NEG:
+                return b.neg(s[0])
+        else:
+            if op in _FBIN:
+                return getattr(b, _FBIN[op])(*s)
+            if op in _FMINMAX:
+                return b.call(self.lib.intrinsic(_FMINMAX[op], F32, [F32, F32]), s)
+            if op is Op.NEG:
+                return b.fneg(s[0])
+            if op is Op.RECIP:
+                return b.fdiv(_cf(1.0), s[0])
+            if op is Op.SQRT:
+                return b.call(self.lib.intrinsic("llvm.sqrt.f32", F32, [F32]), s)
+            if op in _TRANSCENDENTAL:
+                return b.call(self.lib.get(op), s)
+        raise NotImplementedError(f"LLVM renderer has no lowering for {op.name} ({e.dtype})")
+
+
+def _convert(b, v, src: str, dst: str):
+    if src == dst:
+        return b.sext(v, I64) if src == "i32" and v.type == I32 else v
+    if dst == "f32":
+        return b.sitofp(v, F32)
+    return b.call(b.module.globals.get("llvm.fptosi.sat.i64.f32") or ir.Function(b.module, ir.FunctionType(I64, [F32]), "llvm.fptosi.sat.i64.f32"), [v])
+
+
+# ---------------------------------------------------------------- index-space split
+
+def _walk(roots):
+    seen, stack = set(), list(roots)
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        yield e
+        stack.extend(e.srcs)
+
+
+def _split_gid(k: Kernel):
+    """Split gid = row * L + j so that every IDIV/MOD of gid becomes row arithmetic and j
+    is the innermost, unit-stride loop (L = gcd of the divisors applied to gid)."""
+    roots = [e for _, e in k.outputs]
+    divs = [e.srcs[1].arg for e in _walk(roots) if e.op in (Op.IDIV, Op.MOD) and e.srcs[0].op is Op.GIDX]
+    L = math.gcd(*divs) if divs else k.size
+    L = L if k.size % L == 0 else 1
+    rows = k.size // L
+    row = KExpr(Op.GIDX, "i32", (), "row", 0, rows - 1)
+    j = KExpr(Op.GIDX, "i32", (), "j", 0, L - 1)
+    memo = {}
+
+    def sub(e: KExpr) -> KExpr:
+        if e in memo:
+            return memo[e]
+        if e.op is Op.GIDX and e.arg is None:
+            r = row * L + j
+        elif e.op in (Op.IDIV, Op.MOD) and e.srcs[0].op is Op.GIDX and e.srcs[0].arg is None:
+            q = e.srcs[1].arg // L
+            r = row // q if e.op is Op.IDIV else (row % q) * L + j
+        else:
+            srcs = tuple(sub(s) for s in e.srcs)
+            r = e if srcs == e.srcs else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
+        memo[e] = r
+        return r
+
+    return rows, L, row, j, [(t, sub(e)) for t, e in k.outputs]
+
+
+def _unit_stride_in(e: KExpr, var: KExpr) -> bool:
+    """Does some load's index move by one element per step of `var`?"""
+    for x in _walk([e]):
+        if x.op is Op.LOAD:
+            idx = x.srcs[0]
+            if idx == var or (idx.op is Op.ADD and var in idx.srcs):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- module builder
+
+class ModuleGen:
+    def __init__(self, scratch: int, profile: bool = False):
+        import llvmlite.binding as llvm
+
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        self.llvm = llvm
+        self.tm = llvm.Target.from_triple(TRIPLE).create_target_machine(cpu="generic", features=FEATURES, opt=3)
+        self.mod = ir.Module(name="tgc")
+        self.mod.triple, self.mod.data_layout = TRIPLE, str(self.tm.target_data)
+        self.lib = MathLib(self.mod)
+        self.scratch, self.profile = scratch, profile
+        self._mm_fn = None
+
+    # ---- kernels
+    def kernel(self, k: Kernel, layout: Layout, fname: str) -> tuple[ir.Function, list[str]]:
+        tensors = sorted(k.loads() | set(k.writes()))
+        dts = [layout.tensor_dtypes.get(t, "f32") for t in tensors]
+        fn = ir.Function(self.mod, ir.FunctionType(VOID, [(I32 if d == "i32" else F32).as_pointer() for d in dts]), name=fname)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        for a in fn.args:  # tensors live in one kernel never overlap (memory plan): distinct pointers
+            a.add_attribute("noalias")
+        ptrs = dict(zip(tensors, fn.args))
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        getattr(self, "_" + k.kind)(b, k, ptrs, layout)
+        b.ret_void()
+        return fn, tensors
+
+    def _elementwise(self, b, k, ptrs, layout):
+        rows, L, row, j, outs = _split_gid(k)
+        with loop(b, rows, name="row") as r:
+            with loop(b, L, name="j") as jj:
+                g = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj})
+                vals = [g(e) for _, e in outs]  # every value first: an output may alias an input in place
+                at = _flags(b.add(b.mul(r, _c64(L)), jj), "nuw", "nsw")
+                for (t, _), v in zip(outs, vals):
+                    b.store(b.trunc(v, I32) if v.type == I64 else v, b.gep(ptrs[t], [at], inbounds=True))
+
+    def _reduce(self, b, k, ptrs, layout):
+        rows, L, row, j, ((t, e),) = _split_gid(k)
+        rid = next((x for x in _walk([e]) if x.op is Op.RIDX), KExpr(Op.RIDX, "i32"))
+        is_max = k.reduce_op is Op.RMAX
+        init = _cf(-math.inf if is_max else 0.0)
+
+        def combine(acc, v):
+            if is_max:
+                return b.call(self.lib.intrinsic("llvm.maximum.f32", F32, [F32, F32]), [acc, v], fastmath=("nnan", "nsz", "reassoc"))
+            return _flags(b.fadd(acc, v), "reassoc", "nsz")
+
+        if L >= 4 and not _unit_stride_in(e, rid) and _unit_stride_in(e, j):
+            # reduce over a non-contiguous axis: the output row is the accumulator, j innermost
+            with loop(b, rows, name="row") as r:
+                base = b.gep(ptrs[t], [b.mul(r, _c64(L))], inbounds=True)
+                with loop(b, L, name="j0") as jj:
+                    b.store(init, b.gep(base, [jj], inbounds=True))
+                with loop(b, k.reduce_len, name="r") as ri:
+                    with loop(b, L, name="j") as jj:
+                        v = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj, rid: ri})(e)
+                        p = b.gep(base, [jj], inbounds=True)
+                        acc = b.load(p)
+                        b.store(b.call(self.lib.intrinsic("llvm.maximum.f32", F32, [F32, F32]), [acc, v]) if is_max else b.fadd(acc, v), p)
+            return
+        # contiguous (or scalar) reduction: one accumulator per output, vectorized over ridx
+        acc = b.alloca(F32)
+        with loop(b, rows, name="row") as r:
+            with loop(b, L, name="j") as jj:
+                b.store(init, acc)
+                with loop(b, k.reduce_len, name="r") as ri:
+                    v = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj, rid: ri})(e)
+                    b.store(combine(b.load(acc), v), acc)
+                b.store(b.load(acc), b.gep(ptrs[t], [_flags(b.add(b.mul(r, _c64(L)), jj), "nuw", "nsw")], inbounds=True))
+
+    def _matmul(self, b, k, ptrs, layout):
+        mm = self.matmul_fn()
+        a, bv = k.a, k.b
+        nb = math.prod(k.batch)
+        with loop(b, nb, name="batch") as bi:
+            idx, x = [], bi
+            for s in reversed(k.batch):  # unflatten the batch index
+                idx.append(b.urem(x, _c64(s)))
+                x = b.udiv(x, _c64(s))
+            idx = idx[::-1]
+            offs = []
+            for v in (a, bv):
+                o = _c64(v.offset)
+                for i, st in zip(idx, v.strides[:-2]):
+                    o = b.add(o, b.mul(i, _c64(st)))
+                offs.append(o)
+            pa = b.bitcast(b.gep(ptrs[a.tensor], [offs[0]], inbounds=True), PF32)
+            pb = b.bitcast(b.gep(ptrs[bv.tensor], [offs[1]], inbounds=True), PF32)
+            pc = b.gep(ptrs[k.out], [b.mul(bi, _c64(k.M * k.N))], inbounds=True)
+            b.call(mm, [pa, pb, pc] + [_c64(v) for v in (k.M, k.N, k.K, a.strides[-2], a.strides[-1], bv.strides[-2], bv.strides[-1])])
+
+    # ---- the shared matmul: C[M, N] (row stride N) = A (strides sam, sak) @ B (strides sbk, sbn)
+    def matmul_fn(self) -> ir.Function:
+        if self._mm_fn is not None:
+            return self._mm_fn
+        fn = ir.Function(self.mod, ir.FunctionType(VOID, [PF32] * 3 + [I64] * 7), name="tgc_matmul")
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        for a in fn.args[:3]:
+            a.add_attribute("noalias")
+        A, B, C, M, N, K, sam, sak, sbk, sbn = fn.args
+        pack_a, pack_b, micro = self._pack_fn("a"), self._pack_fn("b"), self._micro_fn()
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        Ap = b.inttoptr(_c64(self.scratch), PF32)
+        Bp = b.inttoptr(_c64(self.scratch + SCRATCH_A), PF32)
+        with loop(b, N, step=NC, name="jc") as jc:
+            nc = _min(b, _c64(NC), b.sub(N, jc))
+            with loop(b, K, step=KC, name="pc") as pc:
+                kc = _min(b, _c64(KC), b.sub(K, pc))
+                bsrc = b.gep(B, [b.add(b.mul(pc, sbk), b.mul(jc, sbn))], inbounds=True)
+                b.call(pack_b, [Bp, bsrc, kc, nc, sbk, sbn])
+                accumulate = b.icmp_signed(">", pc, _c64(0))
+                with loop(b, M, step=MC, name="ic") as ic:
+                    mc = _min(b, _c64(MC), b.sub(M, ic))
+                    asrc = b.gep(A, [b.add(b.mul(ic, sam), b.mul(pc, sak))], inbounds=True)
+                    b.call(pack_a, [Ap, asrc, kc, mc, sak, sam])
+                    with loop(b, nc, step=NR, name="jr") as jr:
+                        with loop(b, mc, step=MR, name="ir") as i_r:
+                            ctile = b.gep(C, [b.add(b.mul(b.add(ic, i_r), N), b.add(jc, jr))], inbounds=True)
+                            b.call(micro, [b.gep(Ap, [b.mul(i_r, kc)]), b.gep(Bp, [b.mul(jr, kc)]), ctile, kc, N,
+                                           _min(b, _c64(MR), b.sub(mc, i_r)), _min(b, _c64(NR), b.sub(nc, jr)), accumulate])
+        b.ret_void()
+        self._mm_fn = fn
+        return fn
+
+    def _pack_fn(self, which: str) -> ir.Function:
+        """dst[p][k][w] = src[k * s_k + (p * W + w) * s_w] (zero past `n`): A with W = MR
+        (s_w = row stride), B with W = NR (s_w = column stride)."""
+        W = MR if which == "a" else NR
+        fn = ir.Function(self.mod, ir.FunctionType(VOID, [PF32, PF32, I64, I64, I64, I64]), name=f"tgc_pack_{which}")
+        fn.linkage = "internal"
+        for a in fn.args[:2]:
+            a.add_attribute("noalias")
+        dst, src, kc, n, sk, sw = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        with loop(b, n, step=W, name="p") as p:
+            out = b.gep(dst, [b.mul(p, kc)])
+            full = b.and_(b.icmp_signed("<=", b.add(p, _c64(W)), n), b.icmp_signed("==", sw, _c64(1)))
+            with b.if_else(full) as (then, other):
+                with then:  # unit stride and a whole sliver: vector copies
+                    with loop(b, kc, name="kv") as kk:
+                        s = b.gep(src, [b.add(b.mul(kk, sk), p)])
+                        d = b.gep(out, [b.mul(kk, _c64(W))])
+                        for q in range(0, W, 4):
+                            v = b.load(b.bitcast(b.gep(s, [_c64(q)]), V4.as_pointer()), align=4)
+                            b.store(v, b.bitcast(b.gep(d, [_c64(q)]), V4.as_pointer()), align=4)
+                with other:
+                    with loop(b, kc, name="k") as kk:
+                        for w in range(W):
+                            col = b.add(p, _c64(w))
+                            inside = b.icmp_signed("<", col, n)
+                            safe = b.select(inside, col, _c64(0))
+                            v = b.load(b.gep(src, [b.add(b.mul(kk, sk), b.mul(safe, sw))]))
+                            b.store(b.select(inside, v, _cf(0.0)), b.gep(out, [b.add(b.mul(kk, _c64(W)), _c64(w))]))
+        b.ret_void()
+        return fn
+
+    def _micro_fn(self) -> ir.Function:
+        """C[0:rows, 0:cols] (+)= Ap[kc][MR] @ Bp[kc][NR]: MR x NR/4 vector accumulators."""
+        fn = ir.Function(self.mod, ir.FunctionType(VOID, [PF32, PF32, PF32, I64, I64, I64, I64, ir.IntType(1)]), name="tgc_micro")
+        fn.linkage = "internal"
+        for a in fn.args[:3]:
+            a.add_attribute("noalias")
+        Ap, Bp, C, kc, ldc, rows, cols, accumulate = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        nv = NR // 4
+        accs = [[b.alloca(V4) for _ in range(nv)] for _ in range(MR)]
+        zero = ir.Constant(V4, [0.0] * 4)
+        for row in accs:
+            for a in row:
+                b.store(zero, a)
+        with loop(b, kc, name="k") as kk:
+            bvec = [b.load(b.bitcast(b.gep(Bp, [b.add(b.mul(kk, _c64(NR)), _c64(4 * q))]), V4.as_pointer()), align=16) for q in range(nv)]
+            arow = b.load(b.bitcast(b.gep(Ap, [b.mul(kk, _c64(MR))]), V4.as_pointer()), align=16) if MR == 4 else None
+            for i in range(MR):
+                if arow is not None:
+                    ai = b.shuffle_vector(arow, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [i] * 4))
+                else:
+                    ai = _splat(b, b.load(b.gep(Ap, [b.add(b.mul(kk, _c64(MR)), _c64(i))])))
+                for q in range(nv):
+                    b.store(b.fadd(b.load(accs[i][q]), b.fmul(ai, bvec[q])), accs[i][q])
+        full = b.and_(b.icmp_signed("==", rows, _c64(MR)), b.icmp_signed("==", cols, _c64(NR)))
+        with b.if_else(full) as (then, other):
+            with then:
+                for i in range(MR):
+                    for q in range(nv):
+                        p = b.bitcast(b.gep(C, [b.add(b.mul(_c64(i), ldc), _c64(4 * q))]), V4.as_pointer())
+                        v = b.load(accs[i][q])
+                        old = b.load(p, align=4)
+                        b.store(b.select(accumulate, b.fadd(old, v), v), p, align=4)
+            with other:  # an edge tile: spill the tile to the stack, copy the part inside C
+                tile = b.alloca(ir.ArrayType(F32, MR * NR))
+                tp = b.bitcast(tile, PF32)
+                for i in range(MR):
+                    for q in range(nv):
+                        b.store(b.load(accs[i][q]), b.bitcast(b.gep(tp, [_c64(i * NR + 4 * q)]), V4.as_pointer()), align=4)
+                with loop(b, rows, name="ei") as ei:
+                    with loop(b, cols, name="ej") as ej:
+                        v = b.load(b.gep(tp, [b.add(b.mul(ei, _c64(NR)), ej)]))
+                        p = b.gep(C, [b.add(b.mul(ei, ldc), ej)])
+                        b.store(b.select(accumulate, b.fadd(b.load(p), v), v), p)
+        b.ret_void()
+        return fn
+
+    # ---- programs
+    def program(self, pname: str, kernels: list[Kernel], layout: Layout) -> str:
+        calls = []
+        for k in kernels:
+            fn, tensors = self.kernel(k, layout, f"{pname}.{k.name}")
+            calls.append((fn, tensors))
+        wrappers = [(pname, calls)] + ([(f"{pname}#{i}", [c]) for i, c in enumerate(calls)] if self.profile else [])
+        for export, body in wrappers:  # with profile: one export per kernel too, for timing
+            fn = ir.Function(self.mod, ir.FunctionType(VOID, []), name=export)
+            b = ir.IRBuilder(fn.append_basic_block("entry"))
+            for kfn, tensors in body:
+                b.call(kfn, [b.inttoptr(_c64(layout.wasm_address(t)), a.type) for t, a in zip(tensors, kfn.args)])
+            b.ret_void()
+        return pname
+
+    def compile(self) -> tuple[bytes, str, str]:
+        text = str(self.mod)
+        m = self.llvm.parse_assembly(text)
+        m.verify()
+        pb = self.llvm.create_pass_builder(self.tm, self.llvm.create_pipeline_tuning_options(speed_level=3))
+        pb.getModulePassManager().run(m, pb)
+        return self.tm.emit_object(m), text, str(m)
+
+
+def link(obj: bytes, exports: list[str], out: Path) -> None:
+    from tgc.toolchain import find_wasm_ld
+
+    with tempfile.TemporaryDirectory() as d:
+        o = Path(d) / "model.o"
+        o.write_bytes(obj)
+        cmd = [*find_wasm_ld(), "-mwasm64", "--no-entry", "--import-memory", "--stack-first",
+               "-z", f"stack-size={STACK_BYTES}", "--export=__heap_base",
+               *(f"--export={e}" for e in exports), "-o", str(out), str(o)]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TgcError(f"wasm-ld failed: {r.stderr.strip() or r.stdout.strip()}")
+
+
+def layout_top(layouts: dict[str, Layout]) -> int:
+    lay = next(iter(layouts.values()))
+    top = max([lay.wasm_base[b] + size for b, size in lay.buffers.items()] + [lay.wasm_base[UNIFORM_BLOCK] + 256])
+    return -(-top // 65536) * 65536
+
+
+def build(schedules: dict, layouts: dict[str, Layout], out_dir, dump_dir=None, programs=None, profile=False) -> dict:
+    """Render, optimize, link: writes out_dir/model.wasm; returns the manifest's "wasm" section."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = layout_top(layouts)
+    gen = ModuleGen(scratch, profile)
+    exports = {}
+    for pname in programs or schedules:
+        exports[pname] = gen.program(pname, schedules[pname].kernels, layouts[pname])
+    obj, text, opt = gen.compile()
+    if dump_dir is not None:
+        Path(dump_dir).mkdir(parents=True, exist_ok=True)
+        (Path(dump_dir) / "model.ll").write_text(text)
+        (Path(dump_dir) / "model.opt.ll").write_text(opt)
+    kernel_exports = {p: [f"{p}#{i}" for i in range(len(schedules[p].kernels))] for p in exports} if profile else {}
+    link(obj, list(exports.values()) + sum(kernel_exports.values(), []), out_dir / "model.wasm")
+    lay = next(iter(layouts.values()))
+    return {
+        "file": "model.wasm",
+        "memory_bytes": scratch + SCRATCH_BYTES,
+        "memory64": True,
+        "exports": exports,
+        "kernel_exports": kernel_exports,
+        "buffers": {name: lay.wasm_base[name] for name in lay.buffers},
+        "uniforms_address": lay.wasm_base[UNIFORM_BLOCK],
+        "scratch": {"address": scratch, "bytes": SCRATCH_BYTES},
+        "heap_base": HEAP_BASE,
+    }
+
+
+def emit(compiled, manifest: dict, out_dir, dump_dir=None) -> dict:
+    from tgc.compiler import PROGRAM_ORDER
+
+    return build(compiled.schedules, compiled.layouts, out_dir, dump_dir, [p for p in PROGRAM_ORDER if p in compiled.schedules])
+
+
+def build_kernels(kernels: list[Kernel], tensors: dict, out_dir, base: int = HEAP_BASE, uniforms: dict | None = None, program: str = "run") -> Path:
+    """A standalone artifact of one program running `kernels` over `tensors` (name ->
+    (shape, dtype)), each in its own buffer from byte address `base` (past 4 GiB if asked):
+    how tests and benchmarks exercise single kernels through the real runtime."""
+    import json
+
+    from tgc.ir.schedule import Schedule, TensorInfo
+
+    uniforms = uniforms or {}
+    addr, places, sizes, wasm_base = base + 256, {}, {}, {UNIFORM_BLOCK: base}
+    for name, (shape, _) in tensors.items():
+        places[name], sizes[name], wasm_base[name] = (name, 0), 4 * math.prod(shape), addr
+        addr += -(-max(sizes[name], 256) // 256) * 256
+    ufields = {u: (4 * i, dt) for i, (u, dt) in enumerate(uniforms.items())}
+    lay = Layout(program, places, sizes, ufields, 256, wasm_base, {n: dt for n, (_, dt) in tensors.items()})
+    infos = {n: TensorInfo(n, tuple(s), dt, "input") for n, (s, dt) in tensors.items()}
+    sched = Schedule(program, kernels, infos, {}, {}, dict(uniforms))
+    out_dir = Path(out_dir)
+    section = build({program: sched}, {program: lay}, out_dir)
+    manifest = {
+        "format": "tgc-artifact",
+        "tensors": [{"name": n, "shape": list(s), "dtype": dt, "role": "input", "buffer": n, "offset": 0} for n, (s, dt) in tensors.items()],
+        "uniforms": {"size": 256, "fields": {u: {"offset": o, "dtype": dt} for u, (o, dt) in ufields.items()}},
+        "programs": {program: {"inputs": [], "uniforms": sorted(uniforms), "outputs": {}, "updates": []}},
+        "wasm": section,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out_dir
