@@ -1,0 +1,272 @@
+"""WebGPU benchmark: the generated matmul kernel and train_step per preset, each next
+to PyTorch CUDA fp32 (TF32 off) on the same shapes in the same run.
+
+    python benchmarks/bench_webgpu.py [--sizes 1024 2048 4096] [--presets tiny small ...]
+                                      [--steps 20] [--skip-torch] [--skip-train]
+
+Prints a markdown table; writes bench_webgpu.json into $OUT when it is set. Anything
+that fails (no CUDA torch, a preset that does not compile) is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tgc.codegen.base import Layout
+from tgc.codegen.wgsl import render_kernel
+from tgc.ir.kernel import Kernel, View
+
+PRESETS = ("tiny", "small", "medium", "large", "xl", "huge", "massive", "mega")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- matmul
+
+
+def matmul_kernel(n: int, form: str = "nn") -> tuple[Kernel, Layout]:
+    """C[n, n] = A @ B with A, B in their own buffers; form nn / nt / tn picks the strides."""
+    sa = (n, 1) if form[0] == "n" else (1, n)
+    sb = (n, 1) if form[1] == "n" else (1, n)
+    k = Kernel("bench_matmul", "matmul", n * n, a=View("A", (n, n), sa), b=View("B", (n, n), sb), out="C", M=n, N=n, K=n)
+    size = 4 * n * n
+    lay = Layout("bench", {"A": ("bufA", 0), "B": ("bufB", 0), "C": ("bufC", 0)},
+                 {"bufA": size, "bufB": size, "bufC": size}, {}, 16)
+    return k, lay
+
+
+def bench_wgsl_matmul(gpu, n: int, reps: int = 20, form: str = "nn") -> dict:
+    k, lay = matmul_kernel(n, form)
+    r = render_kernel(k, lay)
+    bufs = {b: gpu.buffer(s, label=b) for b, s in lay.buffers.items()}
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    gpu.queue.write_buffer(bufs["bufA"], 0, (a if form[0] == "n" else np.ascontiguousarray(a.T)).tobytes())
+    gpu.queue.write_buffer(bufs["bufB"], 0, (b if form[1] == "n" else np.ascontiguousarray(b.T)).tobytes())
+    pipe, bgl = gpu.pipeline(r.name, r.source, r.bindings, r.uniform_binding)
+    bg = gpu.bind_group(bgl, r.bindings, bufs, None, None)
+
+    def launch(count):
+        enc = gpu.device.create_command_encoder()
+        cp = enc.begin_compute_pass()
+        for _ in range(count):
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(*r.dispatch)
+        cp.end()
+        gpu.queue.submit([enc.finish()])
+        gpu.device.queue.read_buffer(bufs["bufC"], 0, 16)  # waits for the queue
+
+    launch(2)
+    c = np.frombuffer(gpu.device.queue.read_buffer(bufs["bufC"]), np.float32).reshape(n, n)
+    ref_rows = slice(0, min(n, 64))
+    err = float(np.abs(c[ref_rows] - a[ref_rows] @ b).max())
+    t = time.perf_counter()
+    launch(reps)
+    dt = (time.perf_counter() - t) / reps
+    return {"n": n, "form": form, "ms": dt * 1e3, "gflops": 2 * n**3 / dt / 1e9, "max_err_rows0_63": err, "tile": r.info.get("tile")}
+
+
+def bench_torch_matmul(n: int, reps: int = 20) -> dict:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    a = torch.randn(n, n, device="cuda")
+    b = torch.randn(n, n, device="cuda")
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / reps
+    return {"n": n, "ms": dt * 1e3, "gflops": 2 * n**3 / dt / 1e9}
+
+
+# ---------------------------------------------------------------- train step
+
+
+def bench_wgsl_train(preset: str, steps: int) -> dict:
+    from tgc.compiler import compile_model
+    from tgc.runtime.webgpu import WebGPURuntime
+
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        c = compile_model(preset=preset, out=d, targets=("wgsl",))
+        compile_s = time.perf_counter() - t
+        rt = WebGPURuntime(d)
+        rt.init_state(0)
+        B, T = c.batch, c.config["ctx"]
+        rng = np.random.default_rng(0)
+        idx = rng.integers(0, c.config["vocab"], (B, T), dtype=np.int32)
+        tgt = rng.integers(0, c.config["vocab"], (B, T), dtype=np.int32)
+        u = {"lr": 3e-4, "warmup": 10, "total_steps": 1000}
+        t = time.perf_counter()
+        first = rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 1})
+        load_s = time.perf_counter() - t
+        rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 2})
+        t = time.perf_counter()
+        for s in range(steps):
+            out = rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 3 + s})
+        dt = (time.perf_counter() - t) / steps
+        n_launch = len(rt.manifest["programs"]["train_step"]["launches"])
+    return {"preset": preset, "ms": dt * 1e3, "compile_s": compile_s, "first_step_s": load_s, "launches": n_launch,
+            "loss_first": float(first["loss"]), "loss_last": float(out["loss"])}
+
+
+def bench_torch_train(preset: str, steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from tgc import presets
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    p = presets.get_preset(preset)
+    V, T, d, H, L, B = p["vocab"], p["ctx"], p["d"], p["heads"], p["layers"], p["batch"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+            q, k, v = (t.view(B, T, H, d // H).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hs)
+            x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, d))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(V, d), nn.Embedding(T, d)
+            self.h = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(d)
+
+        def forward(self, idx, tgt):
+            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+            for blk in self.h:
+                x = blk(x)
+            logits = self.ln_f(x) @ self.wte.weight.T
+            return F.cross_entropy(logits.view(-1, V), tgt.view(-1))
+
+    model = GPT().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    idx = torch.randint(0, V, (B, T), device="cuda")
+    tgt = torch.randint(0, V, (B, T), device="cuda")
+
+    def step():
+        loss = model(idx, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item()  # the loss readback, as tgc does
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = (time.perf_counter() - t) / steps
+    return {"preset": preset, "ms": dt * 1e3}
+
+
+# ---------------------------------------------------------------- driver
+
+
+def attempt(what, fn, *a):
+    try:
+        return fn(*a)
+    except Exception as e:  # noqa: BLE001 -- a benchmark skips what fails, with a message
+        log(f"skipped {what}: {type(e).__name__}: {e}")
+        if os.environ.get("TGC_BENCH_DEBUG"):
+            traceback.print_exc()
+        return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096])
+    ap.add_argument("--forms", nargs="*", default=["nn"], help="matmul transpose forms: nn nt tn")
+    ap.add_argument("--presets", nargs="*", default=list(PRESETS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args(argv)
+
+    from tgc.runtime.webgpu import GPU
+
+    gpu = GPU()
+    info = dict(gpu.adapter.info)
+    log(f"adapter: {info.get('device')} ({info.get('backend_type')})")
+    has_torch = False
+    if not args.skip_torch:
+        try:
+            import torch
+
+            has_torch = torch.cuda.is_available()
+            if not has_torch:
+                log("skipped PyTorch: no CUDA device")
+        except Exception as e:  # noqa: BLE001 -- no torch or a broken CUDA: skip it
+            log(f"skipped PyTorch: {e}")
+    result = {"adapter": info.get("device"), "matmul": [], "train_step": []}
+
+    lines = ["| matmul | tile | WGSL GFLOP/s | cuBLAS fp32 GFLOP/s | WGSL / cuBLAS | max err |", "|---|---|---|---|---|---|"]
+    for n in args.sizes:
+        tr = attempt(f"torch matmul {n}", bench_torch_matmul, n) if has_torch else None
+        for form in args.forms:
+            w = attempt(f"WGSL matmul {n} {form}", bench_wgsl_matmul, gpu, n, 20, form)
+            if w is None:
+                continue
+            ratio = f"{w['gflops'] / tr['gflops']:.0%}" if tr else "—"
+            tg = f"{tr['gflops']:,.0f}" if tr else "—"
+            lines.append(f"| {n}³ {form} | {w['tile']} | {w['gflops']:,.0f} | {tg} | {ratio} | {w['max_err_rows0_63']:.1e} |")
+            result["matmul"].append({"wgsl": w, "torch": tr})
+            log(lines[-1])
+    print("\n".join(lines) + "\n")
+
+    if not args.skip_train:
+        lines = ["| preset | launches | WGSL train_step ms | PyTorch CUDA ms | ratio | loss first → last |", "|---|---|---|---|---|---|"]
+        for p in args.presets:
+            w = attempt(f"WGSL train_step {p}", bench_wgsl_train, p, args.steps)
+            tr = attempt(f"torch train_step {p}", bench_torch_train, p, args.steps) if has_torch else None
+            if w is None:
+                continue
+            tms = f"{tr['ms']:.2f}" if tr else "—"
+            ratio = f"{w['ms'] / tr['ms']:.1f}×" if tr else "—"
+            lines.append(f"| {p} | {w['launches']} | {w['ms']:.2f} | {tms} | {ratio} | {w['loss_first']:.3f} → {w['loss_last']:.3f} |")
+            result["train_step"].append({"wgsl": w, "torch": tr})
+            log(lines[-1])
+        print("\n".join(lines))
+
+    out = os.environ.get("OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "bench_webgpu.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The WGSL target: every kernel kind against the kernel interpreter (tgc/ir/kinterp.py),
+whole programs of the tiny preset against the graph interpreter (tgc/ir/interp.py),
+browser limits for every preset up to mega, and WGSL errors surfacing as TgcErrors.
+
+GPU tests run on whatever adapter wgpu finds (lavapipe here: keep shapes small).
+Tolerances: kernels compare in f32 against the kernel interpreter; only summation
+order differs (tree reductions, tiled k), so rtol 1e-5 / atol 1e-5 on values of
+order 1, scaled by sqrt(K) for matmuls. Programs: a fused, reordered train step
+agrees with the graph interpreter to ~1e-6 absolute on loss and updated weights.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tgc.codegen.base import Layout
+from tgc.codegen.wgsl import MAX_DISPATCH, render_kernel
+from tgc.compiler import compile_model, make_layouts
+from tgc.errors import TgcError
+from tgc.ir import build as b
+from tgc.ir import kinterp
+from tgc.ir.interp import run_program
+from tgc.ir.kernel import Kernel, View
+from tgc.ir.memplan import plan_memory
+from tgc.ir.passes import run_passes
+from tgc.ir.program import Program
+from tgc.ir.schedule import schedule
+
+FEW = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def assert_close(name, got, want, rtol=1e-5, atol=1e-5):
+    """Shape exact, then allclose; the message gives max abs and max relative error."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    rel = err / np.maximum(np.abs(want.astype(np.float64)), 1e-30)
+    ok = np.all(err <= atol + rtol * np.abs(want)) and np.isfinite(got).all() == np.isfinite(want).all()
+    assert ok, f"{name}: max abs err {err.max():.3g}, max rel err {rel.max():.3g} (rtol {rtol}, atol {atol})"
+
+
+# ---------------------------------------------------------------- harness
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    from tgc.runtime.webgpu import GPU
+
+    return GPU()
+
+
+def run_layout(gpu, kernels: list[Kernel], lay: Layout, env: dict, tensors: dict, reads: list[str]) -> dict:
+    """Render and run kernels over `lay` on the GPU: env tensors written first, `reads` read back.
+    tensors: name -> (shape, dtype)."""
+    import struct
+
+    bufs = {name: gpu.buffer(size) for name, size in lay.buffers.items()}
+    ublock = bytearray(lay.uniform_block_size)
+    for n, (off, dt) in lay.uniforms.items():
+        if n in env:
+            struct.pack_into("<i" if dt == "i32" else "<f", ublock, off, int(env[n]) if dt == "i32" else float(env[n]))
+    ubuf = gpu.buffer(len(ublock), gpu.wgpu.BufferUsage.UNIFORM | gpu.wgpu.BufferUsage.COPY_DST)
+    gpu.queue.write_buffer(ubuf, 0, bytes(ublock))
+    for name, (shape, dt) in tensors.items():
+        if name in env:
+            a = np.ascontiguousarray(np.asarray(env[name], dtype=np.int32 if dt == "i32" else np.float32))
+            buf, off = lay.places[name]
+            gpu.queue.write_buffer(bufs[buf], off, a.tobytes())
+    enc = gpu.device.create_command_encoder()
+    cp = enc.begin_compute_pass()
+    for k in kernels:
+        r = render_kernel(k, lay)
+        pipe, bgl = gpu.pipeline(r.name, r.source, r.bindings, r.uniform_binding)
+        cp.set_pipeline(pipe)
+        cp.set_bind_group(0, gpu.bind_group(bgl, r.bindings, bufs, r.uniform_binding, ubuf))
+        cp.dispatch_workgroups(*r.dispatch)
+    cp.end()
+    gpu.queue.submit([enc.finish()])
+    out = {}
+    for name in reads:
+        shape, dt = tensors[name]
+        buf, off = lay.places[name]
+        data = gpu.queue.read_buffer(bufs[buf], off, 4 * int(np.prod(shape)))
+        out[name] = np.frombuffer(data, np.int32 if dt == "i32" else np.float32).reshape(shape)
+    return out
+
+
+def check_graph(gpu, outputs: dict, env: dict, rtol=1e-5, atol=1e-5, updates=None):
+    """Schedule a small program, run it on the GPU and through the kernel interpreter."""
+    prog = Program("p", outputs, updates or {}).map_graph(run_passes)
+    s = schedule(prog)
+    lay = make_layouts({"p": s}, plan_memory({"p": s}))["p"]
+    tensors = {n: (t.shape, t.dtype) for n, t in s.tensors.items()}
+    reads = list(s.outputs.values()) + list(s.updates.values())
+    got = run_layout(gpu, s.kernels, lay, env, tensors, reads)
+    want_out, want_upd = kinterp.run_schedule(s, env)
+    for o, t in s.outputs.items():
+        assert_close(o, got[t], want_out[o], rtol, atol)
+    for o, t in s.updates.items():
+        assert_close(o, got[t], want_upd[o], rtol, atol)
+    return s
+
+
+def rand(rng, shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+dims = st.integers(1, 70)
+
+# ---------------------------------------------------------------- kernels
+
+
+@pytest.mark.gpu
+@FEW
+@given(st.lists(dims, min_size=1, max_size=3), st.data())
+def test_elementwise_broadcast_permute(gpu, shape, data):
+    rng = np.random.default_rng(0)
+    shape = tuple(shape)
+    x = b.input("x", shape)
+    bshape = tuple(s if data.draw(st.booleans()) else 1 for s in shape)
+    y = b.input("y", bshape)
+    z = b.mul(b.exp(b.neg(b.mul(x, x))), b.expand(y, shape))
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    out = b.add(b.permute(z, perm), b.erf(b.tanh(b.permute(x, perm))))
+    env = {"x": rand(rng, shape), "y": rand(rng, bshape)}
+    check_graph(gpu, {"out": b.where(b.cmplt(out, b.full(out.shape, 0.5)), out, b.sqrt(b.maximum(out, b.full(out.shape, 0.0))))}, env)
+
+
+@pytest.mark.gpu
+@FEW
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=3), st.data())
+def test_reductions(gpu, shape, data):
+    rng = np.random.default_rng(1)
+    shape = tuple(shape)
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    x = b.input("x", shape)
+    env = {"x": rand(rng, shape)}
+    check_graph(gpu, {"s": b.reduce_sum(x, axis), "m": b.reduce_max(b.mul(x, x), axis)}, env, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_softmax_and_layernorm(gpu):
+    rng = np.random.default_rng(2)
+    x = b.input("x", (5, 33, 70))
+    w, bias = b.input("w", (70,)), b.input("bias", (70,))
+    env = {"x": rand(rng, (5, 33, 70)), "w": rand(rng, (70,)), "bias": rand(rng, (70,))}
+    check_graph(gpu, {"sm": b.softmax(x), "ln": b.layernorm(x, w, bias, 1e-5), "g": b.gelu(x)}, env, atol=2e-5)
+
+
+matmul_forms = st.sampled_from(["nn", "nt", "tn"])
+
+
+def _matmul_graph(M, K, N, form, batch=()):
+    a = b.input("a", (*batch, M, K) if form[0] == "n" else (*batch, K, M))
+    w = b.input("w", (*batch, K, N) if form[1] == "n" else (*batch, N, K))
+    nd = len(batch)
+    tr = lambda t: b.permute(t, (*range(nd), nd + 1, nd))
+    return a, w, b.matmul(a if form[0] == "n" else tr(a), w if form[1] == "n" else tr(w))
+
+
+@pytest.mark.gpu
+@FEW
+@given(st.integers(1, 150), st.integers(1, 150), st.integers(1, 150), matmul_forms)
+def test_matmul_forms(gpu, M, K, N, form):
+    rng = np.random.default_rng(3)
+    a, w, y = _matmul_graph(M, K, N, form)
+    check_graph(gpu, {"y": y}, {"a": rand(rng, a.shape), "w": rand(rng, w.shape)}, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+
+
+@pytest.mark.gpu
+@FEW
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=2), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40), matmul_forms)
+def test_matmul_batched(gpu, batch, M, K, N, form):
+    rng = np.random.default_rng(4)
+    a, w, y = _matmul_graph(M, K, N, form, tuple(batch))
+    check_graph(gpu, {"y": y}, {"a": rand(rng, a.shape), "w": rand(rng, w.shape)}, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", [32, 64, 128])
+def test_matmul_tiles_strided_views(gpu, tile):
+    """Kernel built directly: view offsets, broadcast batch (stride 0) and every tile size,
+    with M, N, K not multiples of it."""
+    from tgc.codegen import wgsl
+
+    M, N, K = tile + 3, tile * 2 - 5, 37
+    rng = np.random.default_rng(5)
+    A = rand(rng, 2 * M * K + 7)
+    B = rand(rng, N * K + 3)
+    k = Kernel("k_mm", "matmul", 2 * M * N, a=View("A", (2, M, K), (M * K, K, 1), 7),
+               b=View("B", (2, K, N), (0, 1, K), 3), out="C", batch=(2,), M=M, N=N, K=K)
+    lay = Layout("t", {"A": ("bufA", 0), "B": ("bufA", 256 * (A.size // 64 + 1)), "C": ("bufC", 256)},
+                 {"bufA": 256 * (A.size // 64 + 1) + 4 * B.size, "bufC": 256 + 8 * M * N}, {}, 16)
+    tensors = {"A": ((A.size,), "f32"), "B": ((B.size,), "f32"), "C": ((2 * M * N,), "f32")}
+    orig = wgsl.choose_tile
+    wgsl.choose_tile = lambda *_: next(t for t in wgsl.TILES if t.BM == tile)
+    try:
+        got = run_layout(gpu, [k], lay, {"A": A, "B": B}, tensors, ["C"])["C"]
+    finally:
+        wgsl.choose_tile = orig
+    mem = {"A": A.copy(), "B": B.copy(), "C": np.zeros(2 * M * N, np.float32)}
+    kinterp.run_kernel(k, mem, {})
+    assert_close("C", got, mem["C"], atol=1e-5 * np.sqrt(K))
+
+
+@pytest.mark.gpu
+def test_embedding_gather_and_cache_write(gpu):
+    rng = np.random.default_rng(6)
+    table = b.input("table", (50, 24))
+    idx = b.input("idx", (3, 7), "i32")
+    cache = b.input("cache", (2, 16, 24), role="kv_cache")
+    new = b.input("new", (2, 5, 24))
+    pos = b.uniform("pos", "i32")
+    emb = b.embed(table, idx)
+    from tgc.ir.node import make
+    from tgc.ir.ops import Op
+
+    written = make(Op.UPDATE_SLICE, (cache, new, pos), 1)
+    env = {"table": rand(rng, (50, 24)), "idx": rng.integers(0, 50, (3, 7)).astype(np.int32),
+           "cache": rand(rng, (2, 16, 24)), "new": rand(rng, (2, 5, 24)), "pos": 9}
+    check_graph(gpu, {"emb": b.mul(emb, emb)}, env, updates={"cache": written})
+
+
+@pytest.mark.gpu
+def test_large_elementwise_spills_into_y(gpu):
+    n = 256 * MAX_DISPATCH + 1000
+    x = b.input("x", (n,))
+    rng = np.random.default_rng(7)
+    s = check_graph(gpu, {"y": b.add(b.mul(x, b.full((n,), 2.0)), b.full((n,), 1.0))}, {"x": rand(rng, (n,))})
+    lay = make_layouts({"p": s}, plan_memory({"p": s}))["p"]
+    assert render_kernel(s.kernels[0], lay).dispatch[1] > 1
+
+
+# ---------------------------------------------------------------- programs (tiny preset)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, gpu):
+    from tgc.runtime.base import initial_state
+    from tgc.runtime.webgpu import WebGPURuntime
+
+    d = tmp_path_factory.mktemp("tiny")
+    c = compile_model(preset="tiny", out=d, targets=("wgsl",))
+    rt = WebGPURuntime(d, gpu=gpu)
+    state = initial_state(rt.manifest, 0)
+    for k, v in state.items():
+        rt.write(k, v)
+    return c, rt, state
+
+
+def batch(c, rng):
+    V, T = c.config["vocab"], c.config["ctx"]
+    return {"idx": rng.integers(0, V, (c.batch, T)).astype(np.int32), "targets": rng.integers(0, V, (c.batch, T)).astype(np.int32)}
+
+
+@pytest.mark.gpu
+def test_tiny_inference_programs(tiny):
+    c, rt, state = tiny
+    rng = np.random.default_rng(8)
+    V, T = c.config["vocab"], c.config["ctx"]
+    env = {**state, **batch(c, rng)}
+    got = rt.run("eval_loss", {k: env[k] for k in ("idx", "targets")})
+    want, _ = run_program(c.programs["eval_loss"], env)
+    assert_close("eval_loss", got["loss"], want["loss"], atol=1e-5)
+
+    tokens = rng.integers(0, V, (1, T)).astype(np.int32)
+    got = rt.run("forward", {"tokens": tokens})
+    want, _ = run_program(c.programs["forward"], {**state, "tokens": tokens})
+    assert_close("forward logits", got["logits"], want["logits"], atol=1e-5)
+
+    # prefill a prompt of 5 tokens, then decode two more: logits and caches match
+    caches = {n: np.zeros(t["shape"], np.float32) for n, t in rt.tensors.items() if t["role"] == "kv_cache"}
+    for n, v in caches.items():
+        rt.write(n, v)
+    env = {**state, **caches, "tokens": tokens, "len": 5}
+    got = rt.run("prefill", {"tokens": tokens}, {"len": 5})
+    want, upd = run_program(c.programs["prefill"], env)
+    assert_close("prefill logits", got["logits"], want["logits"], atol=1e-5)
+    caches.update(upd)
+    for pos in (5, 6):
+        tok = tokens[:, pos : pos + 1]
+        got = rt.run("decode_step", {"token": tok}, {"pos": pos})
+        want, upd = run_program(c.programs["decode_step"], {**state, **caches, "token": tok, "pos": pos})
+        caches.update(upd)
+        assert_close(f"decode_step logits at {pos}", got["logits"], want["logits"], atol=1e-5)
+    for n, v in caches.items():
+        assert_close(n, rt.read(n), v, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_tiny_train_steps_match_interpreter(tiny):
+    """Same weights, same batch (so the loss must fall): loss per step and the final weights agree."""
+    c, rt, state = tiny
+    rng = np.random.default_rng(9)
+    ref = dict(state)
+    for n, v in state.items():
+        rt.write(n, v)
+    u = {"lr": 1e-2, "warmup": 2, "total_steps": 20}
+    losses = []
+    bt = batch(c, rng)
+    for step in range(1, 9):
+        got = rt.run("train_step", bt, {**u, "step": step})
+        assert set(got) == {"loss"}
+        want, upd = run_program(c.programs["train_step"], {**ref, **bt, **u, "step": step})
+        ref.update(upd)
+        assert_close(f"loss at step {step}", got["loss"], want["loss"], rtol=1e-5, atol=1e-5)
+        losses.append(float(got["loss"]))
+    assert losses[-1] < losses[0]
+    for n in ("transformer.wte.weight", "transformer.h.1.mlp.c_fc.weight", "adam_v/transformer.ln_f.bias"):
+        assert_close(n, rt.read(n), ref[n], rtol=1e-4, atol=1e-5)
+    # an arena tensor through the manifest's places: the gradient output of the last step
+    g = rt.read_tensor("train_step", c.schedules["train_step"].outputs["grad/transformer.ln_f.bias"])
+    assert g.shape == (c.config["d"],) and np.isfinite(g).all()
+
+
+# ---------------------------------------------------------------- limits, errors
+
+
+_WG_ARRAY = re.compile(r"var<workgroup>\s+\w+\s*:\s*array<(f32|vec4<f32>),\s*(\d+)>")
+_WG_SIZE = re.compile(r"@workgroup_size\(([\d,\s]+)\)")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "medium", "large", "xl", "huge", "massive", "mega"])
+def test_browser_limits(preset, tmp_path):
+    import json
+
+    compile_model(preset=preset, out=tmp_path, targets=("wgsl",))
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert all(buf["size"] <= 128 << 20 for buf in m["buffers"]), "a buffer over maxStorageBufferBindingSize"
+    for p in m["programs"].values():
+        for launch in p["launches"]:
+            w = launch["webgpu"]
+            src = (tmp_path / w["wgsl"]).read_text()
+            name = launch["kernel"]
+            assert len(w["bindings"]) <= 8, name
+            assert src.count("var<storage") == len(w["bindings"]), name
+            assert len({x["buffer"] for x in w["bindings"]}) == len(w["bindings"]), f"{name}: a buffer bound twice"
+            smem = sum(int(n) * (16 if t.startswith("vec4") else 4) for t, n in _WG_ARRAY.findall(src))
+            assert smem <= 16384, f"{name}: {smem} bytes of workgroup memory"
+            (size,) = _WG_SIZE.findall(src)
+            assert np.prod([int(x) for x in size.split(",")]) <= 256, name
+            assert all(1 <= d <= 65535 for d in w["dispatch"]), name
+
+
+@pytest.mark.gpu
+def test_invalid_wgsl_names_the_kernel(gpu, tmp_path):
+    with pytest.raises(TgcError, match=r"train_step\.k7_oops"):
+        gpu.pipeline("train_step.k7_oops", "@compute @workgroup_size(1) fn main() { let x: f32 = 1; undefined_fn(x); }", [], None)
+    # through the runtime: a corrupted kernel file of an artifact
+    import json
+
+    from tgc.runtime.webgpu import WebGPURuntime
+
+    compile_model(preset="tiny", out=tmp_path, targets=("wgsl",))
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    first = m["programs"]["forward"]["launches"][0]
+    (tmp_path / first["webgpu"]["wgsl"]).write_text("fn main( {")
+    rt = WebGPURuntime(tmp_path, gpu=gpu)
+    with pytest.raises(TgcError, match=re.escape(first["kernel"])):
+        rt.run("forward", {"tokens": np.zeros((1, m["model"]["config"]["ctx"]), np.int32)})
+
+
+def test_too_many_buffers_is_a_clear_error():
+    srcs = [b.input(f"x{i}", (4,)) for i in range(9)]
+    y = srcs[0]
+    for s in srcs[1:]:
+        y = b.add(y, s)
+    s = schedule(Program("p", {"y": y}).map_graph(run_passes))
+    (k,) = s.kernels
+    places = {t: (f"buf_{t}", 0) for t in s.tensors}
+    lay = Layout("p", places, {f"buf_{t}": 16 for t in s.tensors}, {}, 16)
+    with pytest.raises(TgcError, match=k.name):
+        render_kernel(k, lay)
