@@ -277,11 +277,12 @@ def random_ckpt(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("backend", backends())
 def test_greedy_same_with_and_without_kv_cache(backend, random_ckpt):
-    # 50 new tokens after a 10-token prompt cross ctx = 32, so the window slides once
-    kv = generate(random_ckpt, "KING:\nThe ", max_new_tokens=50, temperature=0, backend=backend)
+    # 200 new tokens after a 10-token prompt cross ctx = 32 many times, so the window slides often
+    kv = generate(random_ckpt, "KING:\nThe ", max_new_tokens=200, temperature=0, backend=backend)
     assert "".join(kv)
     assert len(set(kv.stats.token_ids)) >= 3
-    full = generate(random_ckpt, "KING:\nThe ", max_new_tokens=50, temperature=0, backend=backend, kv_cache=False)
+    assert len(kv.stats.token_ids) == 200
+    full = generate(random_ckpt, "KING:\nThe ", max_new_tokens=200, temperature=0, backend=backend, kv_cache=False)
     assert "".join(full)
     assert full.stats.token_ids == kv.stats.token_ids
     stop = generate(random_ckpt, "KING:\nThe ", max_new_tokens=50, temperature=0, backend=backend, slide=False)
