@@ -39,9 +39,15 @@ PF32 = F32.as_pointer()
 
 # matmul blocking (see docs/wasm.md): an MR x NR register tile of <4 x float> accumulators,
 # A packed in MC x KC blocks (L2), B in KC x NC panels (L3), an NR-wide B sliver in L1.
-MR, NR, KC, MC, NC = 4, 16, 256, 128, 2048
+# 4 x 8 keeps the 8 accumulators, 2 B vectors, A's column and its broadcast in x86's 16
+# vector registers under Cranelift (4 x 16 spilled half its accumulators every k step).
+MR, NR, KC, MC, NC = 4, 8, 256, 128, 2048
+assert MR == 4 and NR % 4 == 0 and MC % MR == 0  # A's column is one v128; packing copies whole v128s
 SCRATCH_A = MC * KC * 4
 SCRATCH_BYTES = SCRATCH_A + KC * NC * 4 + (64 << 10)
+
+
+MAGIC, MAGIC_BITS = 12582912.0, 0x4B400000  # 1.5 * 2^23: x + MAGIC rounds x to an integer (|x| < 2^22)
 
 
 def _c64(v) -> ir.Constant:
@@ -50,11 +56,6 @@ def _c64(v) -> ir.Constant:
 
 def _cf(v) -> ir.Constant:
     return ir.Constant(F32, float(v))
-
-
-def _splat(b: ir.IRBuilder, x) -> ir.Value:
-    v = b.insert_element(ir.Constant(V4, ir.Undefined), x, ir.Constant(I32, 0))
-    return b.shuffle_vector(v, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [0] * 4))
 
 
 def _flags(v, *flags):
@@ -138,11 +139,17 @@ class MathLib:
     def _exp(self, b, x):
         # n = round(x / ln2), r = x - n ln2 (two-part ln2), e^r by a degree-7 poly, 2^n by exponent bits
         xc = b.select(b.fcmp_ordered("<", x, _cf(88.72283)), x, _cf(88.72283))  # NaN: fixed at the end
-        xc = b.select(b.fcmp_ordered(">", xc, _cf(-103.97208)), xc, _cf(-103.97208))
-        n = self._round(b, b.fmul(xc, _cf(1.44269504088896341)))
+        # below the cut the result is 0 (selected at the end): compute e^0 meanwhile, since
+        # subnormal intermediates cost a microcode assist per lane on x86 (the -1e30 of every
+        # masked attention score lands here)
+        xc = b.select(b.fcmp_ordered(">", xc, _cf(-103.97208)), xc, _cf(0.0))
+        # round to nearest even by adding 1.5 * 2^23: n as a float and, from the same bits, as
+        # an integer (no float-to-int conversion, which is ~8 instructions on x86)
+        t = b.fadd(b.fmul(xc, _cf(1.44269504088896341)), _cf(MAGIC))
+        n = b.fsub(t, _cf(MAGIC))
         r = b.fsub(b.fsub(xc, b.fmul(n, _cf(0.693359375))), b.fmul(n, _cf(-2.12194440e-4)))
         p = b.fadd(b.fadd(b.fmul(self._poly(b, r, self.EXP), b.fmul(r, r)), r), _cf(1.0))
-        ni = b.fptosi(n, I32)  # 2^n as 2^(n/2) 2^(n - n/2): both normal for n in [-150, 128]
+        ni = b.sub(b.bitcast(t, I32), ir.Constant(I32, MAGIC_BITS))  # 2^n as 2^(n/2) 2^(n - n/2): both normal for n in [-150, 128]
         n1 = b.ashr(ni, ir.Constant(I32, 1))
         y = p
         for e in (n1, b.sub(ni, n1)):
@@ -245,6 +252,8 @@ class ExprGen:
         if op is Op.CAST:
             return _convert(b, s[0], e.srcs[0].dtype, e.arg)
         if op in _CMP:
+            if e.srcs[0].dtype == "i32" and all(-(2**31) <= x.vmin and x.vmax < 2**31 for x in e.srcs):
+                s = [b.trunc(x, I32) for x in s]  # i32 lanes: vectorizes 4 wide (i64x2 has no unsigned compare)
             c = b.icmp_signed(_CMP[op], *s) if e.srcs[0].dtype == "i32" else b.fcmp_ordered(_CMP[op], *s)
             return b.uitofp(c, F32)
         if e.dtype == "i32":
@@ -514,12 +523,9 @@ class ModuleGen:
                 b.store(zero, a)
         with loop(b, kc, name="k") as kk:
             bvec = [b.load(b.bitcast(b.gep(Bp, [b.add(b.mul(kk, _c64(NR)), _c64(4 * q))]), V4.as_pointer()), align=16) for q in range(nv)]
-            arow = b.load(b.bitcast(b.gep(Ap, [b.mul(kk, _c64(MR))]), V4.as_pointer()), align=16) if MR == 4 else None
-            for i in range(MR):
-                if arow is not None:
-                    ai = b.shuffle_vector(arow, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [i] * 4))
-                else:
-                    ai = _splat(b, b.load(b.gep(Ap, [b.add(b.mul(kk, _c64(MR)), _c64(i))])))
+            arow = b.load(b.bitcast(b.gep(Ap, [b.mul(kk, _c64(MR))]), V4.as_pointer()), align=16)
+            for i in range(MR):  # lane i of A's column, broadcast (one pshufd)
+                ai = b.shuffle_vector(arow, ir.Constant(V4, ir.Undefined), ir.Constant(ir.VectorType(I32, 4), [i] * 4))
                 for q in range(nv):
                     b.store(b.fadd(b.load(accs[i][q]), b.fmul(ai, bvec[q])), accs[i][q])
         full = b.and_(b.icmp_signed("==", rows, _c64(MR)), b.icmp_signed("==", cols, _c64(NR)))

@@ -25,6 +25,21 @@ WASM_PAGE = 65536
 _NP = {"f32": np.float32, "i32": np.int32}
 
 
+def engine():
+    """wasmtime with memory64 and SIMD128 (tgc.toolchain.wasm_memory64_engine) and Cranelift's
+    Spectre hardening of heap accesses off: it adds a conditional move to every load and
+    store (bounds checks stay, out-of-bounds still traps), and the module is tgc's own
+    output, not untrusted code. ~10-20% on the matmul; see docs/wasm.md."""
+    import wasmtime
+
+    cfg = wasmtime.Config()
+    cfg.wasm_memory64 = True
+    cfg.wasm_simd = True
+    cfg.cranelift_opt_level = "speed"
+    cfg.cranelift_flag_set("enable_heap_access_spectre_mitigation", "false")
+    return wasmtime.Engine(cfg)
+
+
 class WasmRuntime(Runtime):
     backend = "wasm"
 
@@ -39,7 +54,7 @@ class WasmRuntime(Runtime):
         path = self.dir / w["file"]
         if not path.exists():
             raise TgcError(f"{path}: missing (recompile the artifact)")
-        self.engine = toolchain.wasm_memory64_engine()
+        self.engine = engine()
         try:
             self.module = wasmtime.Module.from_file(self.engine, str(path))
         except wasmtime.WasmtimeError as e:
