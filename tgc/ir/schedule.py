@@ -323,20 +323,28 @@ class Scheduler:
     def _place_updates(self, kernels, kernel_of, upd_name) -> dict[str, str]:
         """Write updates in place when safe; otherwise keep the temporary and append a copy."""
         updates = {}
+        position = {id(k): i for i, k in enumerate(kernels)}
+        last_read: dict[str, int] = {}
+        for i, k in enumerate(kernels):
+            for t in k.loads():
+                last_read[t] = i
+        renames: dict[str, str] = {}
+        copies = []
         for node, state in upd_name.items():
             tmp = self.names[node]
             k = kernel_of[node]
-            pos = kernels.index(k)
-            later_reads = any(state in kk.loads() for kk in kernels[pos + 1 :])
+            later_reads = last_read.get(state, -1) > position[id(k)]
             own_reads_aligned = k.kind == "elementwise" and len(k.outputs) == 1 and _reads_only_at_gid(k.outputs[0][1], state)
             if own_reads_aligned and not later_reads and state in self.tensors:
-                _rename_tensor(kernels, tmp, state)
+                renames[tmp] = state
                 del self.tensors[tmp]
                 self.names[node] = state
             else:
                 g = K.gidx(node.size)
-                kernels.append(Kernel(f"k{len(kernels)}_copy", "elementwise", node.size, [(state, K.load(tmp, g, node.dtype, node.size))]))
+                copies.append(Kernel(f"k{len(kernels) + len(copies)}_copy", "elementwise", node.size, [(state, K.load(tmp, g, node.dtype, node.size))]))
             updates[state] = state
+        _rename_tensors(kernels, renames)
+        kernels.extend(copies)
         return updates
 
 
@@ -359,26 +367,29 @@ def _reads_only_at_gid(e: KExpr, tensor: str) -> bool:
     return True
 
 
-def _rename_tensor(kernels: list[Kernel], old: str, new: str) -> None:
-    def ren(e: KExpr, memo) -> KExpr:
-        if e in memo:
-            return memo[e]
-        srcs = tuple(ren(s, memo) for s in e.srcs)
-        arg = new if e.op is Op.LOAD and e.arg == old else e.arg
-        r = e if srcs == e.srcs and arg == e.arg else KExpr(e.op, e.dtype, srcs, arg, e.vmin, e.vmax)
-        memo[e] = r
+def _rename_tensors(kernels: list[Kernel], renames: dict[str, str]) -> None:
+    """Rename tensors in every kernel's outputs, loads and matmul views, in one pass."""
+    if not renames:
+        return
+    memo: dict = {}
+
+    def ren(e: KExpr) -> KExpr:
+        r = memo.get(e)
+        if r is None:
+            srcs = tuple(ren(s) for s in e.srcs)
+            arg = renames.get(e.arg, e.arg) if e.op is Op.LOAD else e.arg
+            r = e if srcs == e.srcs and arg == e.arg else KExpr(e.op, e.dtype, srcs, arg, e.vmin, e.vmax)
+            memo[e] = r
         return r
 
     for k in kernels:
-        memo: dict = {}
-        k.outputs = [(new if t == old else t, ren(e, memo)) for t, e in k.outputs]
+        k.outputs = [(renames.get(t, t), ren(e)) for t, e in k.outputs]
         if k.kind == "matmul":
-            if k.out == old:
-                k.out = new
+            k.out = renames.get(k.out, k.out)
             for attr in ("a", "b"):
                 v = getattr(k, attr)
-                if v.tensor == old:
-                    setattr(k, attr, View(new, v.shape, v.strides, v.offset))
+                if v.tensor in renames:
+                    setattr(k, attr, View(renames[v.tensor], v.shape, v.strides, v.offset))
 
 
 def schedule(prog) -> Schedule:
