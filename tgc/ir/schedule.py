@@ -296,6 +296,7 @@ class Scheduler:
             kernels.append(k)
             kernel_of[n] = k
         updates = self._place_updates(kernels, kernel_of, upd_name)
+        kernels = fuse_elementwise(kernels)
         outputs = {name: self.names[node] for name, node in prog.outputs.items()}
         uniforms = {n.arg["name"]: n.dtype for n in self.order if n.op is Op.UNIFORM}
         return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
@@ -346,6 +347,70 @@ class Scheduler:
         _rename_tensors(kernels, renames)
         kernels.extend(copies)
         return updates
+
+
+MAX_FUSED_TENSORS = 8  # distinct tensors a fused kernel touches: at most 8 buffers to bind in WebGPU
+
+
+def _load_indices(e: KExpr) -> dict[str, set]:
+    """tensor -> the set of index expressions it is loaded at, over the DAG under e."""
+    out: dict[str, set] = {}
+    stack, seen = [e], set()
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if x.op is Op.LOAD:
+            out.setdefault(x.arg, set()).add(x.srcs[0])
+        stack.extend(x.srcs)
+    return out
+
+
+def _substitute_loads(e: KExpr, values: dict[str, KExpr], memo: dict) -> KExpr:
+    """Replace LOAD(t, gid) by values[t] (a value computed earlier in the same thread)."""
+    r = memo.get(e)
+    if r is None:
+        if e.op is Op.LOAD and e.arg in values and e.srcs[0].op is Op.GIDX:
+            r = values[e.arg]
+        else:
+            srcs = tuple(_substitute_loads(s, values, memo) for s in e.srcs)
+            r = e if srcs == e.srcs else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
+        memo[e] = r
+    return r
+
+
+def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
+    """Merge each elementwise kernel into the one before it when both run over the same
+    index space and every dependency between them is at the thread's own index: one
+    pass over memory instead of two, values passed in registers (e.g. AdamW's m, v and
+    parameter updates; LayerNorm's normalised input and output)."""
+    out: list[Kernel] = []
+    for k in kernels:
+        prev = out[-1] if out else None
+        if prev is not None and prev.kind == k.kind == "elementwise" and prev.size == k.size and _fusable(prev, k):
+            values = {t: e for t, e in prev.outputs}
+            memo: dict = {}
+            merged = prev.outputs + [(t, _substitute_loads(e, values, memo)) for t, e in k.outputs]
+            out[-1] = Kernel(prev.name, "elementwise", prev.size, merged)
+            continue
+        out.append(k)
+    return out
+
+
+def _fusable(a: Kernel, b: Kernel) -> bool:
+    a_writes, b_writes = set(a.writes()), set(b.writes())
+    a_loads = {t: idx for _, e in a.outputs for t, idx in _load_indices(e).items()}
+    b_loads = {t: idx for _, e in b.outputs for t, idx in _load_indices(e).items()}
+    gid_only = lambda idx: all(i.op is Op.GIDX for i in idx)
+    if any(t in b_loads and not gid_only(b_loads[t]) for t in a_writes):
+        return False  # b reads a's result at another thread's index
+    if any(t in a_loads and not gid_only(a_loads[t]) for t in b_writes):
+        return False  # a reads, at another index, what b overwrites
+    if a_writes & b_writes:
+        return False
+    touched = a_writes | b_writes | set(a_loads) | set(b_loads)
+    return len(touched) <= MAX_FUSED_TENSORS
 
 
 def _bounded(e: KExpr, lo: int, hi: int) -> KExpr:
