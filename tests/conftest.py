@@ -13,6 +13,12 @@ import os
 
 import pytest
 
+# Mesa's Vulkan loader complains on stderr when this is unset (as in CI); give it a private dir.
+if not os.environ.get("XDG_RUNTIME_DIR"):
+    _xdg = os.path.join("/tmp", f"tgc-xdg-{os.getuid()}")
+    os.makedirs(_xdg, mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = _xdg
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
