@@ -235,8 +235,8 @@ def main(argv=None):
               f"matmul {pr['matmul_gflop']:.2f} GFLOP at {pr['matmul_gflops_avg']:.1f} GFLOP/s")  # fmt: skip
         for ms, name, kind, gf in pr["top"]:
             print(f"  {ms:7.3f} ms {name:24s} {kind:12s} {gf:5.1f} GFLOP/s")
-    out = Path(os.environ.get("OUT", "."))
-    (out / "bench_wasm.json").write_text(json.dumps(result, indent=1))
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / "bench_wasm.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -102,20 +102,24 @@ def bench_torch_matmul(n: int, reps: int = 20) -> dict:
 # ---------------------------------------------------------------- train step
 
 
-def bench_wgsl_train(preset: str, steps: int) -> dict:
+def bench_wgsl_train(preset: str, steps: int, artifacts: str | None = None) -> dict:
     from tgc.compiler import compile_model
     from tgc.runtime.webgpu import WebGPURuntime
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        c = compile_model(preset=preset, out=d, targets=("wgsl",))
+        if artifacts:  # compiled beforehand (the GPU machine need not compile)
+            d = str(Path(artifacts) / preset)
+        else:
+            compile_model(preset=preset, out=d, targets=("wgsl",))
         compile_s = time.perf_counter() - t
         rt = WebGPURuntime(d)
         rt.init_state(0)
-        B, T = c.batch, c.config["ctx"]
+        cfg = rt.manifest["model"]
+        B, T, V = cfg["batch"], cfg["config"]["ctx"], cfg["config"]["vocab"]
         rng = np.random.default_rng(0)
-        idx = rng.integers(0, c.config["vocab"], (B, T), dtype=np.int32)
-        tgt = rng.integers(0, c.config["vocab"], (B, T), dtype=np.int32)
+        idx = rng.integers(0, V, (B, T), dtype=np.int32)
+        tgt = rng.integers(0, V, (B, T), dtype=np.int32)
         u = {"lr": 3e-4, "warmup": 10, "total_steps": 1000}
         t = time.perf_counter()
         first = rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 1})
@@ -193,6 +197,120 @@ def bench_torch_train(preset: str, steps: int) -> dict:
     return {"preset": preset, "ms": dt * 1e3}
 
 
+# ---------------------------------------------------------------- profile
+
+
+def _kernel_sig(art: Path, launch: dict) -> str:
+    """A launch's kind and shape, from the header comments of its WGSL."""
+    w = launch["webgpu"]
+    head = (art / w["wgsl"]).read_text().splitlines()
+    mm = next((ln for ln in head if ln.startswith("// ") and "sum_k" in ln), None)
+    if mm:
+        return f"matmul {mm.split(';', 1)[1].strip()} tile={w.get('tile')}"
+    if launch["kind"] == "reduce":
+        loop = next((ln for ln in head if "ridx <" in ln), "")
+        r = loop.split("ridx <")[1].split(";")[0].strip() if loop else "?"
+        return f"reduce R={r} lanes={w.get('lanes')} groups={w['dispatch']}"
+    return f"elementwise groups={w['dispatch']} wg={w['workgroup_size']}"
+
+
+def profile_program(art, program: str = "train_step", reps: int = 5) -> dict:
+    """Per-launch GPU time from timestamp queries written between the dispatches of the
+    program's one compute pass (needs timestamp-query-inside-passes), grouped by kernel
+    kind and by shape; plus the host's encode time and the step's wall time."""
+    from tgc.runtime.webgpu import GPU, WebGPURuntime
+
+    art = Path(art)
+    gpu = GPU(features=("timestamp-query", "timestamp-query-inside-passes"))
+    rt = WebGPURuntime(art, gpu=gpu)
+    rt.init_state(0)
+    m = rt.manifest
+    B, T, V = m["model"]["batch"], m["model"]["config"]["ctx"], m["model"]["config"]["vocab"]
+    rng = np.random.default_rng(0)
+    inputs = {"idx": rng.integers(0, V, (B, T), dtype=np.int32), "targets": rng.integers(0, V, (B, T), dtype=np.int32)}
+    u = {"lr": 3e-4, "warmup": 10, "total_steps": 1000}
+    launches = m["programs"][program]["launches"]
+    t = time.perf_counter()
+    rt.run(program, inputs, {**u, "step": 1})
+    first_s = time.perf_counter() - t
+    for s in range(3):
+        rt.run(program, inputs, {**u, "step": 2 + s})
+    t = time.perf_counter()
+    for s in range(reps * 2):
+        rt.run(program, inputs, {**u, "step": 5 + s})
+    step_ms = (time.perf_counter() - t) / (reps * 2) * 1e3
+    plan = rt._load_program(program)
+    # host encode cost alone
+    t = time.perf_counter()
+    for _ in range(3):
+        enc = gpu.device.create_command_encoder()
+        cp = enc.begin_compute_pass()
+        for pipe, bg, (x, y, z) in plan:
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(x, y, z)
+        cp.end()
+        enc.finish()
+    encode_ms = (time.perf_counter() - t) / 3 * 1e3
+    res = {"program": program, "launches": len(plan), "first_run_s": first_s, "step_ms": step_ms, "encode_ms": encode_ms,
+           "features": sorted(gpu.features)}
+    if "timestamp-query-inside-passes" not in gpu.features:
+        res["error"] = "no timestamp-query-inside-passes"
+        return res
+    n = len(plan) + 1
+    qs = gpu.device.create_query_set(type=gpu.wgpu.QueryType.timestamp, count=n)
+    u_ = gpu.wgpu.BufferUsage
+    qbuf = gpu.device.create_buffer(size=8 * n, usage=u_.QUERY_RESOLVE | u_.COPY_SRC)
+    per = np.zeros(len(plan))
+    spans = []
+    for _ in range(reps):
+        enc = gpu.device.create_command_encoder()
+        cp = enc.begin_compute_pass()
+        for i, (pipe, bg, (x, y, z)) in enumerate(plan):
+            cp._write_timestamp(qs, i)
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(x, y, z)
+        cp._write_timestamp(qs, len(plan))
+        cp.end()
+        enc.resolve_query_set(qs, 0, n, qbuf, 0)
+        t = time.perf_counter()
+        gpu.queue.submit([enc.finish()])
+        ts = np.frombuffer(gpu.queue.read_buffer(qbuf), dtype=np.uint64).astype(np.float64)
+        wall = time.perf_counter() - t
+        d = np.diff(ts)
+        per += d / reps
+        spans.append(((ts[-1] - ts[0]) / 1e6, wall * 1e3))
+    res["gpu_span_ms"] = float(np.median([a for a, _ in spans]))
+    res["submit_wait_ms"] = float(np.median([b for _, b in spans]))
+    kinds, shapes = {}, {}
+    for lch, dt in zip(launches, per):
+        k = kinds.setdefault(lch["kind"], [0, 0.0])
+        k[0] += 1
+        k[1] += dt / 1e6
+        sig = _kernel_sig(art, lch)
+        sh = shapes.setdefault(sig, [0, 0.0, lch["kernel"]])
+        sh[0] += 1
+        sh[1] += dt / 1e6
+    res["kinds"] = {k: {"count": c, "ms": round(ms, 3)} for k, (c, ms) in kinds.items()}
+    top = sorted(shapes.items(), key=lambda kv: -kv[1][1])[:40]
+    res["top_shapes"] = [{"sig": s_, "count": c, "ms": round(ms, 3), "example": ex} for s_, (c, ms, ex) in top]
+    res["top_launches"] = sorted(({"kernel": l_["kernel"], "us": round(float(dt) / 1e3, 1)} for l_, dt in zip(launches, per)),
+                                 key=lambda r: -r["us"])[:25]
+    return res
+
+
+def print_profile(res: dict) -> None:
+    print(f"\n### {res.get('artifact', '')} {res['program']}: {res['launches']} launches, step {res['step_ms']:.2f} ms, "
+          f"host encode {res['encode_ms']:.2f} ms, GPU span {res.get('gpu_span_ms', float('nan')):.2f} ms, "
+          f"submit+wait {res.get('submit_wait_ms', float('nan')):.2f} ms, first run {res['first_run_s']:.1f} s")
+    for k, v in res.get("kinds", {}).items():
+        print(f"- {k}: {v['count']} launches, {v['ms']:.2f} ms")
+    print("| ms | count | shape | example |\n|---|---|---|---|")
+    for r in res.get("top_shapes", []):
+        print(f"| {r['ms']:.3f} | {r['count']} | {r['sig']} | {r['example']} |")
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -214,7 +332,25 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--artifacts", help="DIR/<preset> compiled beforehand (wgsl target) instead of compiling here")
+    ap.add_argument("--profile", nargs="*", default=[], metavar="ART",
+                    help="artifact dirs to profile (per-launch timestamps of train_step), then exit")
     args = ap.parse_args(argv)
+
+    if args.profile:
+        allres = []
+        for art in args.profile:
+            r = attempt(f"profile {art}", profile_program, art)
+            if r is not None:
+                r["artifact"] = art
+                print_profile(r)
+                allres.append(r)
+        out = os.environ.get("OUT")
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            name = os.environ.get("TGC_PROFILE_NAME", "profile")
+            (Path(out) / f"{name}.json").write_text(json.dumps(allres, indent=1))
+        return 0
 
     from tgc.runtime.webgpu import GPU
 
@@ -250,7 +386,7 @@ def main(argv=None) -> int:
     if not args.skip_train:
         lines = ["| preset | launches | WGSL train_step ms | PyTorch CUDA ms | ratio | loss first → last |", "|---|---|---|---|---|---|"]
         for p in args.presets:
-            w = attempt(f"WGSL train_step {p}", bench_wgsl_train, p, args.steps)
+            w = attempt(f"WGSL train_step {p}", bench_wgsl_train, p, args.steps, args.artifacts)
             tr = attempt(f"torch train_step {p}", bench_torch_train, p, args.steps) if has_torch else None
             if w is None:
                 continue

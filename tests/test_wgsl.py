@@ -182,13 +182,17 @@ def test_matmul_batched(gpu, batch, M, K, N, form):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tile", [32, 64, 128])
-def test_matmul_tiles_strided_views(gpu, tile):
-    """Kernel built directly: view offsets, broadcast batch (stride 0) and every tile size,
-    with M, N, K not multiples of it."""
+@pytest.mark.parametrize("name,prefetch", [("32x32", True), ("64x64", True), ("128x128", True), ("32x32s4", True),
+                                           ("128x128", False), ("32x32s4", False)])
+def test_matmul_tiles_strided_views(gpu, name, prefetch, monkeypatch):
+    """Kernel built directly: view offsets, broadcast batch (stride 0) and every tile
+    (split-K inside the workgroup too, with and without register prefetch), with M, N, K
+    not multiples of it."""
     from tgc.codegen import wgsl
 
-    M, N, K = tile + 3, tile * 2 - 5, 37
+    tile = int(name.split("x")[0])
+    monkeypatch.setitem(wgsl.OPTIONS, "prefetch", prefetch)
+    M, N, K = tile + 3, tile * 2 - 5, 211 if "s" in name else 37
     rng = np.random.default_rng(5)
     A = rand(rng, 2 * M * K + 7)
     B = rand(rng, N * K + 3)
@@ -198,7 +202,7 @@ def test_matmul_tiles_strided_views(gpu, tile):
                  {"bufA": 256 * (A.size // 64 + 1) + 4 * B.size, "bufC": 256 + 8 * M * N}, {}, 16)
     tensors = {"A": ((A.size,), "f32"), "B": ((B.size,), "f32"), "C": ((2 * M * N,), "f32")}
     orig = wgsl.choose_tile
-    wgsl.choose_tile = lambda *_: next(t for t in wgsl.TILES if t.BM == tile)
+    wgsl.choose_tile = lambda *_: next(t for t in wgsl.TILES if t.name == name)
     try:
         got = run_layout(gpu, [k], lay, {"A": A, "B": B}, tensors, ["C"])["C"]
     finally:
@@ -227,13 +231,29 @@ def test_embedding_gather_and_cache_write(gpu):
 
 
 @pytest.mark.gpu
-def test_large_elementwise_spills_into_y(gpu):
+def test_large_elementwise_spills_into_y(gpu, monkeypatch):
+    from tgc.codegen import wgsl
+
+    monkeypatch.setitem(wgsl.OPTIONS, "ew_multi", False)  # one output per thread: the most workgroups
     n = 256 * MAX_DISPATCH + 1000
     x = b.input("x", (n,))
     rng = np.random.default_rng(7)
     s = check_graph(gpu, {"y": b.add(b.mul(x, b.full((n,), 2.0)), b.full((n,), 1.0))}, {"x": rand(rng, (n,))})
     lay = make_layouts({"p": s}, plan_memory({"p": s}))["p"]
     assert render_kernel(s.kernels[0], lay).dispatch[1] > 1
+
+
+@pytest.mark.gpu
+def test_elementwise_several_outputs_per_thread(gpu):
+    """Large kernels give each thread 4 outputs WG apart; the last workgroup is partial."""
+    from tgc.codegen import wgsl
+
+    rows = 4 * wgsl.WG * 512 // 7 + 11
+    assert wgsl.elementwise_per_thread(rows * 7) == 4 and (rows * 7) % (4 * wgsl.WG) != 0
+    x = b.input("x", (rows, 7))
+    y = b.input("y", (7,))
+    rng = np.random.default_rng(8)
+    check_graph(gpu, {"z": b.mul(b.exp(x), b.add(y, b.full((7,), 1.0)))}, {"x": rand(rng, (rows, 7)), "y": rand(rng, (7,))})
 
 
 # ---------------------------------------------------------------- programs (tiny preset)

@@ -9,13 +9,19 @@ same words read and written through bitcast. The uniform block is one
 a uniform. Runtime values stay uniforms: nothing about a step is baked in.
 
 Three templates, one per kernel kind; the scalar expression DAG is rendered once
-per node as a `let` through the OPS table. Not here: vectorised (vec4) elementwise
-kernels, double-buffered matmul tiles, subgroups and f16 (browser defaults only).
+per node as a `let` through the OPS table. Elementwise kernels give large index
+spaces 2 or 4 outputs per thread; reductions pick their thread layout from the
+strides of their loads (row vs column) and keep several accumulators per lane;
+matmuls prefetch the next k slice into registers, avoid tiles that are mostly
+padding and split K inside the workgroup for weight gradients (docs/wgsl.md).
+Not here: vec4 loads in elementwise kernels, a GEMV path for decode, subgroups and
+f16 (browser defaults only).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,11 @@ MAX_WORKGROUP_BYTES = 16384
 MAX_INVOCATIONS = 256
 MAX_DISPATCH = 65535
 WG = 256  # elementwise / reduce workgroup size
+# template features that can be switched off (benchmarks and tests compare them)
+OPTIONS = {"prefetch": True, "splitk": True, "waste": True, "ew_multi": True, "reduce_shape": True}
+for _o in os.environ.get("TGC_WGSL_OPTIONS", "").split(","):  # e.g. "-prefetch,-splitk"
+    if _o.strip("+-") in OPTIONS:
+        OPTIONS[_o.strip("+-")] = not _o.startswith("-")
 
 TYPES = {"f32": "f32", "i32": "i32"}
 
@@ -186,20 +197,122 @@ def _grid(groups: int) -> tuple[int, int, int]:
 # ------------------------------------------------------------------ elementwise
 
 
+def elementwise_per_thread(size: int) -> int:
+    """Outputs per thread: 4 (or 2) where that still leaves at least 512 workgroups, so
+    that each thread has several independent loads in flight."""
+    if not OPTIONS["ew_multi"]:
+        return 1
+    for e in (4, 2):
+        if size >= e * WG * 512:
+            return e
+    return 1
+
+
 def _elementwise(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple]:
-    ex = _Exprs(layout, buf_var, {Op.GIDX: "gidx"})
-    vals = [ex(e) for _, e in k.outputs]
-    stores = [_store(layout, buf_var, t, "gidx", v, e.dtype) for (t, e), v in zip(k.outputs, vals)]
-    grid = _grid(-(-k.size // WG))
-    body = "\n  ".join(ex.lines + stores)
+    ept = elementwise_per_thread(k.size)
+    grid = _grid(-(-k.size // (WG * ept)))
+    blocks = []
+    for j in range(ept):
+        ex = _Exprs(layout, buf_var, {Op.GIDX: "gidx"})
+        vals = [ex(e) for _, e in k.outputs]
+        stores = [_store(layout, buf_var, t, "gidx", v, e.dtype) for (t, e), v in zip(k.outputs, vals)]
+        body = "\n    ".join(ex.lines + stores)
+        blocks.append(f"""{{
+    let gidx = g0 + {j * WG};
+    if (gidx < {k.size}) {{
+    {body}
+    }}
+  }}""")
+    # one thread: outputs g0, g0 + WG, ... (a warp's loads stay contiguous)
     src = f"""@compute @workgroup_size({WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
-  let gidx = i32((wid.y * {grid[0]}u + wid.x) * {WG}u + lid);
-  if (gidx >= {k.size}) {{ return; }}
-  {body}
+  let g0 = i32((wid.y * {grid[0]}u + wid.x) * {WG * ept}u + lid);
+  {chr(10).join('  ' + b if i else b for i, b in enumerate(blocks))}
 }}
 """
     return src, (WG, 1, 1), grid
+
+
+# ------------------------------------------------------------------ index analysis
+
+
+def _eval_index(e: KExpr, g: int, r: int, memo: dict):
+    """An i32 index expression at gidx = g, ridx = r; None where it depends on loaded
+    data (token ids) or on anything but constants and the two indices."""
+    if e in memo:
+        return memo[e]
+    op = e.op
+    if op is Op.CONST:
+        v = int(e.arg) if e.dtype == "i32" else None
+    elif op is Op.GIDX:
+        v = g
+    elif op is Op.RIDX:
+        v = r
+    elif op in (Op.ADD, Op.SUB, Op.MUL, Op.IDIV, Op.MOD, Op.MAX, Op.MIN) and e.dtype == "i32":
+        a, b = (_eval_index(x, g, r, memo) for x in e.srcs)
+        if a is None or b is None:
+            v = None
+        elif op is Op.ADD:
+            v = a + b
+        elif op is Op.SUB:
+            v = a - b
+        elif op is Op.MUL:
+            v = a * b
+        elif op is Op.MAX:
+            v = max(a, b)
+        elif op is Op.MIN:
+            v = min(a, b)
+        elif b == 0:
+            v = None
+        else:  # operands are non-negative: truncation is floor
+            v = a // b if op is Op.IDIV else a % b
+    else:
+        v = None
+    memo[e] = v
+    return v
+
+
+def _loads(e: KExpr) -> list[KExpr]:
+    seen, stack, out = set(), [e], []
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if x.op is Op.LOAD:
+            out.append(x)
+        stack.extend(x.srcs)
+    return out
+
+
+def load_strides(e: KExpr, size: int, reduce_len: int) -> list[tuple[int | None, int | None]]:
+    """(stride along gidx, stride along ridx) of every load of `e`, from a few sample
+    points; None where the step is not the same at every sample."""
+    gs = sorted({0, max(0, size // 2 - 1), max(0, size - 2)})
+    rs = sorted({0, max(0, reduce_len // 2 - 1), max(0, reduce_len - 2)})
+    out = []
+    for ld in _loads(e):
+        idx = ld.srcs[0]
+
+        def at(g, r, idx=idx):
+            return _eval_index(idx, g, r, {})
+
+        dg, dr = set(), set()
+        for g in gs:
+            for r in rs:
+                v = at(g, r)
+                if v is None:
+                    dg.add(None)
+                    dr.add(None)
+                    continue
+                if size > 1:
+                    w = at(g + 1, r)
+                    dg.add(None if w is None else w - v)
+                if reduce_len > 1:
+                    w = at(g, r + 1)
+                    dr.add(None if w is None else w - v)
+        out.append((dg.pop() if len(dg) == 1 else None, dr.pop() if len(dr) == 1 else None))
+    return out
 
 
 # ------------------------------------------------------------------ reduce
@@ -213,36 +326,91 @@ def reduce_lanes(reduce_len: int) -> int:
     return lanes
 
 
-def _reduce(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple]:
-    # WG threads = (WG / lanes) outputs x lanes; each lane strides over ridx, then a
-    # fixed-order tree in workgroup memory: deterministic, no atomics.
+def reduce_shape(k: Kernel) -> tuple[int, bool, int]:
+    """(lanes, outputs_fast, unroll) for a reduce kernel.
+
+    lanes_fast (the default): the lanes of one output are consecutive threads, right
+    when the loads walk ridx contiguously (row reductions). outputs_fast: consecutive
+    threads take consecutive outputs and the lanes lie WG / lanes apart, right when the
+    loads are contiguous along gidx and strided along ridx (column reductions); then at
+    least 32 outputs share a workgroup so that a warp's loads coalesce. `unroll`
+    independent accumulators per lane keep several loads in flight on long rows (the
+    combining order is fixed: still deterministic)."""
     lanes = reduce_lanes(k.reduce_len)
+    if not OPTIONS["reduce_shape"]:
+        return lanes, False, 1
+    (_, e), = k.outputs
+    strides = load_strides(e, k.size, k.reduce_len)
+    row = any(dr in (1, -1) for _, dr in strides)
+    col = any(dg in (1, -1) for dg, dr in strides if dr not in (1, -1))
+    outputs_fast = bool(strides) and col and not row and k.size > 1
+    if outputs_fast:
+        while lanes > 1 and (WG // lanes < 32 or lanes * 8 > k.reduce_len):
+            lanes //= 2
+    iters = -(-k.reduce_len // lanes)
+    unroll = 8 if iters >= 64 else 4 if iters >= 8 else 1
+    return lanes, outputs_fast, unroll
+
+
+def _reduce(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple]:
+    # WG threads = (WG / lanes) outputs x lanes; each lane strides over ridx with
+    # `unroll` accumulators, then a fixed-order tree in workgroup memory: deterministic,
+    # no atomics.
+    lanes, ofast, unroll = reduce_shape(k)
     per_group = WG // lanes
     (t, e), = k.outputs
-    ex = _Exprs(layout, buf_var, {Op.GIDX: "gidx", Op.RIDX: "ridx"})
-    val = ex(e)
     is_sum = k.reduce_op is Op.SUM
     init = "0.0" if is_sum else "bitcast<f32>(0xff800000u)"
     comb = (lambda a, b: f"{a} + {b}") if is_sum else (lambda a, b: f"max({a}, {b})")
     grid = _grid(-(-k.size // per_group))
-    loop = "\n      ".join(ex.lines)
+    R = k.reduce_len
+
+    def body(ridx: str, acc: str) -> str:
+        ex = _Exprs(layout, buf_var, {Op.GIDX: "gidx", Op.RIDX: "ridx"})
+        val = ex(e)
+        return "{ let ridx: i32 = " + ridx + ";\n        " + "\n        ".join(ex.lines) + f"\n        {acc} = {comb(acc, val)}; }}"
+
+    accs = [f"acc{j}" for j in range(unroll)]
+    decl = "\n    ".join(f"var {a}: f32 = {init};" for a in accs)
+    if unroll > 1:
+        blocks = "\n      ".join(body(f"r0 + {j * lanes}", a) for j, a in enumerate(accs))
+        main = f"""for (; r0 + {(unroll - 1) * lanes} < {R}; r0 += {unroll * lanes}) {{
+      {blocks}
+    }}
+    """
+    else:
+        main = ""
+    tail = f"""for (; r0 < {R}; r0 += {lanes}) {{
+      {body("r0", "acc0")}
+    }}"""
+    # fixed pairwise order
+    parts = list(accs)
+    while len(parts) > 1:
+        parts = [f"({comb(parts[i], parts[i + 1])})" if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    if ofast:
+        lane_of, out_of = f"lid / {per_group}u", f"lid % {per_group}u"
+        step = per_group
+    else:
+        lane_of, out_of = f"lid % {lanes}u", f"lid / {lanes}u"
+        step = 1
     tree = ""
     s = lanes // 2
     while s >= 1:
-        tree += f"  if (lane < {s}u) {{ red[lid] = {comb('red[lid]', f'red[lid + {s}u]')}; }}\n  workgroupBarrier();\n"
+        tree += f"  if (lane < {s}u) {{ red[lid] = {comb('red[lid]', f'red[lid + {s * step}u]')}; }}\n  workgroupBarrier();\n"
         s //= 2
     src = f"""var<workgroup> red: array<f32, {WG}>;
 
+// reduce over {R}: {lanes} lanes per output ({'outputs' if ofast else 'lanes'} fastest), {unroll} accumulators
 @compute @workgroup_size({WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
-  let lane = lid % {lanes}u;
-  let gidx = i32((wid.y * {grid[0]}u + wid.x) * {per_group}u + lid / {lanes}u);
+  let lane = {lane_of};
+  let gidx = i32((wid.y * {grid[0]}u + wid.x) * {per_group}u + {out_of});
   var acc: f32 = {init};
   if (gidx < {k.size}) {{
-    for (var ridx: i32 = i32(lane); ridx < {k.reduce_len}; ridx += {lanes}) {{
-      {loop}
-      acc = {comb('acc', val)};
-    }}
+    {decl}
+    var r0: i32 = i32(lane);
+    {main}{tail}
+    acc = {parts[0]};
   }}
   red[lid] = acc;
   workgroupBarrier();
@@ -259,8 +427,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 @dataclass(frozen=True)
 class Tile:
-    """BM x BN outputs per workgroup of TY x TX threads; each thread owns QM x QN
-    quadrants of 4x4 outputs, quadrants BM/QM (BN/QN) apart; BK deep k slices."""
+    """BM x BN outputs per workgroup of TY x TX threads (x S k-groups); each thread owns
+    QM x QN quadrants of 4x4 outputs, quadrants BM/QM (BN/QN) apart; BK deep k slices per
+    k-group. With S > 1 the S groups of TY x TX threads each take BK of every S*BK deep
+    slice and their partial sums meet in workgroup memory at the end, in a fixed order
+    (split-K inside one workgroup: no atomics, deterministic)."""
 
     BM: int
     BN: int
@@ -269,59 +440,87 @@ class Tile:
     TX: int
     QM: int
     QN: int
+    S: int = 1
 
     @property
     def threads(self) -> int:
-        return self.TY * self.TX
+        return self.TY * self.TX * self.S
 
     @property
     def smem_bytes(self) -> int:
-        return 4 * self.BK * (self.BM + self.BN)
+        return 4 * self.BK * self.S * (self.BM + self.BN)
+
+    @property
+    def name(self) -> str:
+        return f"{self.BM}x{self.BN}" + (f"s{self.S}" if self.S > 1 else "")
 
 
-TILES = (Tile(128, 128, 16, 16, 16, 2, 2), Tile(64, 64, 16, 16, 16, 1, 1), Tile(32, 32, 16, 8, 8, 1, 1))
+TILES = (Tile(128, 128, 16, 16, 16, 2, 2), Tile(64, 64, 16, 16, 16, 1, 1), Tile(32, 32, 16, 8, 8, 1, 1),
+         Tile(32, 32, 16, 8, 8, 1, 1, 4))
+SPLIT_K = TILES[3]
+# features of the matmul template that can be switched off (benchmarks compare them)
 
 
-def choose_tile(M: int, N: int, batch: int) -> Tile:
-    """The largest tile that still gives the GPU a few hundred workgroups."""
-    for t in TILES[:-1]:
-        if batch * -(-M // t.BM) * -(-N // t.BN) >= 128:
+
+def choose_tile(M: int, N: int, batch: int, K: int = 0) -> Tile:
+    """The largest tile that still gives the GPU a few hundred workgroups and does not
+    pad M or N by more than a quarter; split-K inside the workgroup for long-K products
+    with few output tiles (weight gradients)."""
+    def groups(t):
+        return batch * -(-M // t.BM) * -(-N // t.BN)
+
+    def waste_ok(t):
+        if not OPTIONS["waste"]:
+            return True
+        return -(-M // t.BM) * t.BM <= 1.25 * max(M, 32) and -(-N // t.BN) * t.BN <= 1.25 * max(N, 32)
+
+    for t in TILES[:2]:
+        if groups(t) >= 128 and waste_ok(t):
             return t
-    return TILES[-1]
+    small = TILES[2]
+    if OPTIONS["splitk"] and K >= 8 * SPLIT_K.BK * SPLIT_K.S and groups(small) < 512:
+        return SPLIT_K
+    return small
 
 
 def _tile_load(name: str, sm: str, outer: int, BK: int, threads: int, base: str, s_out: int, s_k: int,
-               lim_out: int, lim_k: int, guard_out: bool, guard_k: bool, buf: str) -> list[str]:
+               lim_out: int, lim_k: int, guard_out: bool, guard_k: bool, buf: str, kvar: str = "k0"
+               ) -> tuple[list[str], list[str], list[str]]:
     """Copy a BK x outer slice into `sm` (k-major vec4s of 4 consecutive outer indices)
-    with whole-vec4 stores; threads run along whichever dimension is contiguous."""
+    with whole-vec4 stores; threads run along whichever dimension is contiguous.
+    Returns (declarations, global loads into registers at k = `kvar`, stores into `sm`)
+    so that the loads of the next slice can be issued before the current one is used."""
     quads = outer // 4
     n = BK * quads // threads
-    lines = []
+    decls, loads, stores = [], [], []
     for p in range(n):
         v = f"(lid + {p * threads}u)"
         if s_k == 1 and s_out != 1:
             kk, q = f"{v} % {BK}u", f"{v} / {BK}u"
         else:
             kk, q = f"{v} / {quads}u", f"{v} % {quads}u"
-        lines.append(f"{{ let kk = {kk}; let q = {q};")
-        lines.append(f"  let gk = k0 + i32(kk); let go = {name}0 + 4 * i32(q);")
+        reg = f"p{name}{p}"
+        decls.append(f"let {reg}_s = ({kk}) * {quads}u + {q}; let {reg}_k = i32({kk}); let {reg}_o = {name}0 + 4 * i32({q});")
+        decls.append(f"var {reg}: vec4<f32>;")
         comps = []
         for r in range(4):
-            idx = f"{base} + (go + {r}) * {s_out} + gk * {s_k}"
-            conds = ([f"go + {r} < {lim_out}"] if guard_out else []) + ([f"gk < {lim_k}"] if guard_k else [])
+            gk = f"({kvar} + {reg}_k)"
+            idx = f"{base} + ({reg}_o + {r}) * {s_out} + {gk} * {s_k}"
+            conds = ([f"{reg}_o + {r} < {lim_out}"] if guard_out else []) + ([f"{gk} < {lim_k}"] if guard_k else [])
             if conds:
                 ok = " && ".join(conds)
                 comps.append(f"select(0.0, {buf}[select(0, {idx}, {ok})], {ok})")
             else:
                 comps.append(f"{buf}[{idx}]")
-        lines.append(f"  {sm}[kk * {quads}u + q] = vec4<f32>({', '.join(comps)}); }}")
-    return lines
+        loads.append(f"{reg} = vec4<f32>({', '.join(comps)});")
+        stores.append(f"{sm}[{reg}_s] = {reg};")
+    return decls, loads, stores
 
 
-def _matmul(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple, int, Tile]:
+def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tuple[str, tuple, tuple, int, Tile]:
     M, N, K = k.M, k.N, k.K
     nb = math.prod(k.batch)
-    t = choose_tile(M, N, nb)
+    t = tile or choose_tile(M, N, nb, K)
     a, b = k.a, k.b
     nd = len(k.batch)
     sam, sak = a.strides[nd], a.strides[nd + 1]
@@ -339,24 +538,75 @@ def _matmul(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple, int,
     pre.append(f"let abase = {' + '.join(a_off)};")
     pre.append(f"let bbase = {' + '.join(b_off)};")
     pre.append(f"let cbase = {layout.element_offset(k.out)} + bz * {M * N};")
-    gm, gn, gk = M % t.BM != 0, N % t.BN != 0, K % t.BK != 0
+    KT = t.BK * t.S  # k depth of one slice in workgroup memory
+    gm, gn, gk = M % t.BM != 0, N % t.BN != 0, K % KT != 0
     bufa, bufb = buf_var[layout.places[a.tensor][0]], buf_var[layout.places[b.tensor][0]]
-    loads = _tile_load("m", "As", t.BM, t.BK, t.threads, "abase", sam, sak, M, K, gm, gk, bufa)
-    loads += _tile_load("n", "Bs", t.BN, t.BK, t.threads, "bbase", sbn, sbk, N, K, gn, gk, bufb)
+    prefetch = OPTIONS["prefetch"]
+    kv = "kn" if prefetch else "k0"
+    da, la, sa_ = _tile_load("m", "As", t.BM, KT, t.threads, "abase", sam, sak, M, K, gm, gk, bufa, kv)
+    db, lb, sb_ = _tile_load("n", "Bs", t.BN, KT, t.threads, "bbase", sbn, sbk, N, K, gn, gk, bufb, kv)
     qa, qb = t.BM // 4, t.BN // 4
     # acc c_i_r_j: row quadrant i, row r within it, column quadrant j (a vec4 of 4 columns)
     accs = [(i, r, j) for i in range(t.QM) for r in range(4) for j in range(t.QN)]
     decl = [f"var c_{i}_{r}_{j} = vec4<f32>(0.0);" for i, r, j in accs]
+    kg = "kg + " if t.S > 1 else ""
     step = []  # the k loop unrolled, each step in its own block so `let` names repeat
     for kk in range(t.BK):
         step.append("{")
         for i in range(t.QM):
-            step.append(f"  let a{i} = As[{kk * qa}u + ty + {i * qa // t.QM}u];")
+            step.append(f"  let a{i} = As[{kg}{kk * qa}u + ty + {i * qa // t.QM}u];")
         for j in range(t.QN):
-            step.append(f"  let b{j} = Bs[{kk * qb}u + tx + {j * qb // t.QN}u];")
+            step.append(f"  let b{j} = Bs[{kg}{kk * qb}u + tx + {j * qb // t.QN}u];")
         for i, r, j in accs:
             step.append(f"  c_{i}_{r}_{j} = fma(vec4<f32>(a{i}.{'xyzw'[r]}), b{j}, c_{i}_{r}_{j});")
         step.append("}")
+    ind = "\n  "
+    ind4 = ind + "  "
+    if prefetch:
+        loop = f"""{{ let kn = 0;
+    {ind4.join(la + lb)}
+  }}
+  for (var k0: i32 = 0; k0 < {K}; k0 += {KT}) {{
+    workgroupBarrier();
+    {ind4.join(sa_ + sb_)}
+    workgroupBarrier();
+    if (k0 + {KT} < {K}) {{
+      let kn = k0 + {KT};
+      {(ind4 + '  ').join(la + lb)}
+    }}
+    {ind4.join(step)}
+  }}"""
+    else:
+        loop = f"""for (var k0: i32 = 0; k0 < {K}; k0 += {KT}) {{
+    workgroupBarrier();
+    {ind4.join(la + lb)}
+    {ind4.join(sa_ + sb_)}
+    workgroupBarrier();
+    {ind4.join(step)}
+  }}"""
+    # split-K: groups 1..S-1 park their sums in the (then free) tile memory, group 0 adds
+    # them in group order and stores
+    combine = []
+    nacc = len(accs)
+    if t.S > 1:
+        tg = t.TX * t.TY
+        cap_a = KT * qa
+        combine.append("workgroupBarrier();")
+        for g in range(1, t.S):
+            combine.append(f"if (l.z == {g}u) {{")
+            for n_, (i, r, j) in enumerate(accs):
+                slot = (g - 1) * tg * nacc + n_
+                arr, off = ("As", slot) if (g - 1) * tg * nacc + tg * nacc <= cap_a else ("Bs", slot - cap_a)
+                combine.append(f"  {arr}[{off}u + tl * {nacc}u] = c_{i}_{r}_{j};")
+            combine.append("}")
+        combine.append("workgroupBarrier();")
+        combine.append("if (l.z != 0u) { return; }")
+        for g in range(1, t.S):
+            for n_, (i, r, j) in enumerate(accs):
+                slot = (g - 1) * tg * nacc + n_
+                arr, off = ("As", slot) if (g - 1) * tg * nacc + tg * nacc <= cap_a else ("Bs", slot - cap_a)
+                combine.append(f"c_{i}_{r}_{j} = c_{i}_{r}_{j} + {arr}[{off}u + tl * {nacc}u];")
+        assert (t.S - 1) * tg * nacc <= KT * (qa + qb), "split-K partials do not fit the tile memory"
     store = []
     for i, r, j in accs:
         row = f"m0 + {i * t.BM // t.QM + r} + 4 * i32(ty)"
@@ -365,34 +615,35 @@ def _matmul(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple, int,
             cond = ([f"{row} < {M}"] if gm else []) + ([f"{col} + {c} < {N}"] if gn else [])
             st = f"{buf_var[layout.places[k.out][0]]}[cbase + ({row}) * {N} + {col} + {c}] = c_{i}_{r}_{j}.{'xyzw'[c]};"
             store.append(f"if ({' && '.join(cond)}) {{ {st} }}" if cond else st)
-    ind = "\n  "
-    src = f"""var<workgroup> As: array<vec4<f32>, {t.BK * qa}>;  // [BK][BM/4], k-major
-var<workgroup> Bs: array<vec4<f32>, {t.BK * qb}>;  // [BK][BN/4]
+    wgs = (t.TX, t.TY, t.S)
+    extra = ""
+    if t.S > 1:
+        extra = f"\n  let kg = l.z * {t.BK * qa}u;  // this k-group's rows of the slice (qa == qb)\n  let tl = l.y * {t.TX}u + l.x;"
+        assert qa == qb
+    src = f"""var<workgroup> As: array<vec4<f32>, {KT * qa}>;  // [BK*S][BM/4], k-major
+var<workgroup> Bs: array<vec4<f32>, {KT * qb}>;  // [BK*S][BN/4]
 
 // {k.out}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]; M={M} N={N} K={K} batch={list(k.batch)}
-// tile {t.BM}x{t.BN}x{t.BK}, {t.TY}x{t.TX} threads, {t.QM}x{t.QN} quadrants of 4x4 per thread
-@compute @workgroup_size({t.TX}, {t.TY})
+// tile {t.BM}x{t.BN}x{t.BK}, {t.TY}x{t.TX} threads x {t.S} k-groups, {t.QM}x{t.QN} quadrants of 4x4 per thread{', next slice prefetched into registers' if prefetch else ''}
+@compute @workgroup_size({wgs[0]}, {wgs[1]}, {wgs[2]})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
   let tx = l.x;
-  let ty = l.y;
+  let ty = l.y;{extra}
   let m0 = i32(wid.y) * {t.BM};
   let n0 = i32(wid.x) * {t.BN};
   {ind.join(pre)}
   {ind.join(decl)}
-  for (var k0: i32 = 0; k0 < {K}; k0 += {t.BK}) {{
-    workgroupBarrier();
-    {(ind + '  ').join(loads)}
-    workgroupBarrier();
-    {(ind + '  ').join(step)}
-  }}
+  {ind.join(da + db)}
+  {loop}
+  {ind.join(combine)}
   {ind.join(store)}
 }}
 """
     grid = (-(-N // t.BN), -(-M // t.BM), nb)
     if max(grid) > MAX_DISPATCH:
         raise TgcError(f"kernel {k.name}: matmul grid {grid} exceeds {MAX_DISPATCH} workgroups per dimension")
-    return src, (t.TX, t.TY, 1), grid, t.smem_bytes, t
+    return src, wgs, grid, t.smem_bytes, t
 
 
 # ------------------------------------------------------------------ entry points
@@ -407,10 +658,11 @@ def render_kernel(k: Kernel, layout: Layout, name: str | None = None) -> Rendere
         body, wgs, grid = _elementwise(k, layout, buf_var)
     elif k.kind == "reduce":
         body, wgs, grid = _reduce(k, layout, buf_var)
-        wg_bytes, info = 4 * WG, {"lanes": reduce_lanes(k.reduce_len)}
+        lanes, ofast, unroll = reduce_shape(k)
+        wg_bytes, info = 4 * WG, {"lanes": lanes, "outputs_fast": ofast, "unroll": unroll}
     elif k.kind == "matmul":
         body, wgs, grid, wg_bytes, t = _matmul(k, layout, buf_var)
-        info = {"tile": [t.BM, t.BN, t.BK]}
+        info = {"tile": [t.BM, t.BN, t.BK] + ([t.S] if t.S > 1 else [])}
     else:
         raise TgcError(f"kernel {k.name}: unknown kind {k.kind!r}")
     name = name or k.name
