@@ -178,7 +178,15 @@ def reduce_max(x, axis, keepdims=True, loc=None):
 
 
 def sum_all(x):
-    return reduce_sum(reshape(x, (x.size,)), 0, keepdims=False)
+    """Sum of every element, as a scalar. Large sums go in two stages (rows, then the
+    row sums), so that no single reduction runs serially over a million elements: the
+    gradient-norm sums of big parameters would otherwise occupy one GPU workgroup each."""
+    n = x.size
+    rows = max((a for a in range(1, math.isqrt(n) + 1) if n % a == 0), default=1) if n >= 16384 else 1
+    if rows >= 16:
+        partial = reduce_sum(reshape(x, (rows, n // rows)), 1, keepdims=False)
+        return reduce_sum(partial, 0, keepdims=False)
+    return reduce_sum(reshape(x, (n,)), 0, keepdims=False)
 
 
 def mean(x, axis, keepdims=True, loc=None):
