@@ -19,6 +19,7 @@ import importlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from tgc.errors import TgcError
@@ -28,9 +29,19 @@ BACKENDS = ("auto", "webgpu", "wasm", "numpy")
 _MODULES = {"webgpu": ("tgc.runtime.webgpu", "WebGPURuntime", "wgsl"), "wasm": ("tgc.runtime.wasm", "WasmRuntime", "wasm")}
 
 
+def quiet_vulkan_loader() -> None:
+    """Mesa's Vulkan loader prints an error to stderr when XDG_RUNTIME_DIR is unset
+    (containers, CI); give it a private directory before wgpu loads it."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        d = os.path.join(tempfile.gettempdir(), f"tgc-xdg-{os.getuid()}")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = d
+
+
 @functools.cache
 def gpu_adapter() -> tuple[dict | None, str]:
     """(adapter info, why not): one wgpu probe per process; info is None when there is no adapter."""
+    quiet_vulkan_loader()
     try:
         import wgpu
 

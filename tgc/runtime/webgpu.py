@@ -34,6 +34,9 @@ WANTED_LIMITS = (
 
 
 def _wgpu():
+    from tgc.runtime import quiet_vulkan_loader
+
+    quiet_vulkan_loader()
     try:
         import wgpu
     except ImportError as e:  # pragma: no cover
