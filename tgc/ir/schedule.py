@@ -118,6 +118,9 @@ def _view_chain(n: Node, is_mat) -> tuple[Node, tuple, tuple, int] | Node:
 
 SHARED_COST = 6
 MAX_COST = 48
+# rough cost of one evaluation relative to an add; transcendental functions are
+# polynomial evaluations on every target (wasm has no such instructions at all)
+OP_COST = {Op.ERF: 12, Op.TANH: 8, Op.EXP: 6, Op.LOG: 6, Op.COS: 6, Op.DIV: 2, Op.SQRT: 2, Op.RECIP: 2}
 
 
 def _cheap(n: Node) -> bool:
@@ -166,7 +169,7 @@ class Scheduler:
             if n in mat or n.op in GroupOp.Leaf:
                 cost[n] = 0
                 continue
-            c = sum(cost.get(s, 0) for s in n.srcs) + (n.op not in GroupOp.Movement)
+            c = sum(cost.get(s, 0) for s in n.srcs) + (0 if n.op in GroupOp.Movement else OP_COST.get(n.op, 1))
             if n.op in GroupOp.Elementwise and not self._scalar_uniform_expr(n) and (
                 (self.users.get(n, 0) >= 2 and c > SHARED_COST) or c > MAX_COST
             ):
