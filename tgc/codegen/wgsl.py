@@ -30,7 +30,7 @@ import numpy as np
 
 from tgc.codegen.base import Layout
 from tgc.errors import TgcError
-from tgc.ir.kernel import Kernel, KExpr
+from tgc.ir.kernel import Kernel, KExpr, walk
 from tgc.ir.ops import Op
 
 # browser WebGPU defaults the generated code stays within
@@ -273,16 +273,7 @@ def _eval_index(e: KExpr, g: int, r: int, memo: dict):
 
 
 def _loads(e: KExpr) -> list[KExpr]:
-    seen, stack, out = set(), [e], []
-    while stack:
-        x = stack.pop()
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        if x.op is Op.LOAD:
-            out.append(x)
-        stack.extend(x.srcs)
-    return out
+    return [x for x in walk([e]) if x.op is Op.LOAD]
 
 
 def load_strides(e: KExpr, size: int, reduce_len: int) -> list[tuple[int | None, int | None]]:

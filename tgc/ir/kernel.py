@@ -194,6 +194,19 @@ def select(cond: KExpr, a: KExpr, b: KExpr) -> KExpr:
     return KExpr(Op.WHERE, a.dtype, (cond, a, b), None, min(a.vmin, b.vmin), max(a.vmax, b.vmax))
 
 
+def walk(roots):
+    """Every node of the expression DAG under `roots`, once each (no order promised)."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack.extend(e.srcs)
+
+
 @dataclass(frozen=True)
 class View:
     """A strided view of a tensor: element (i0, i1, ...) is at offset + sum(i_k * strides[k])."""
@@ -222,15 +235,7 @@ class Kernel:
     K: int = 0
 
     def loads(self) -> set[str]:
-        seen, stack, out = set(), [e for _, e in self.outputs], set()
-        while stack:
-            e = stack.pop()
-            if id(e) in seen:
-                continue
-            seen.add(id(e))
-            if e.op is Op.LOAD:
-                out.add(e.arg)
-            stack.extend(e.srcs)
+        out = {e.arg for e in walk(e for _, e in self.outputs) if e.op is Op.LOAD}
         if self.kind == "matmul":
             out |= {self.a.tensor, self.b.tensor}
         return out
@@ -239,16 +244,7 @@ class Kernel:
         return [self.out] if self.kind == "matmul" else [t for t, _ in self.outputs]
 
     def uniforms(self) -> set[str]:
-        seen, stack, out = set(), [e for _, e in self.outputs], set()
-        while stack:
-            e = stack.pop()
-            if id(e) in seen:
-                continue
-            seen.add(id(e))
-            if e.op is Op.UNIFORM:
-                out.add(e.arg)
-            stack.extend(e.srcs)
-        return out
+        return {e.arg for e in walk(e for _, e in self.outputs) if e.op is Op.UNIFORM}
 
 
 def format_expr_dag(roots: list[KExpr]) -> tuple[list[str], dict]:

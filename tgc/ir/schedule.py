@@ -358,15 +358,9 @@ MAX_FUSED_TENSORS = 8  # distinct tensors a fused kernel touches: at most 8 buff
 def _load_indices(e: KExpr) -> dict[str, set]:
     """tensor -> the set of index expressions it is loaded at, over the DAG under e."""
     out: dict[str, set] = {}
-    stack, seen = [e], set()
-    while stack:
-        x = stack.pop()
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
+    for x in K.walk([e]):
         if x.op is Op.LOAD:
             out.setdefault(x.arg, set()).add(x.srcs[0])
-        stack.extend(x.srcs)
     return out
 
 
@@ -423,16 +417,7 @@ def _bounded(e: KExpr, lo: int, hi: int) -> KExpr:
 
 
 def _reads_only_at_gid(e: KExpr, tensor: str) -> bool:
-    stack, seen = [e], set()
-    while stack:
-        x = stack.pop()
-        if id(x) in seen:
-            continue
-        seen.add(id(x))
-        if x.op is Op.LOAD and x.arg == tensor and x.srcs[0].op is not Op.GIDX:
-            return False
-        stack.extend(x.srcs)
-    return True
+    return all(x.srcs[0].op is Op.GIDX for x in K.walk([e]) if x.op is Op.LOAD and x.arg == tensor)
 
 
 def _rename_tensors(kernels: list[Kernel], renames: dict[str, str]) -> None:
