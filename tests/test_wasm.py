@@ -95,6 +95,28 @@ def test_elementwise_index_math(tmp_path, shape, data):
     run_graph(tmp_path, {"out": z}, {"x": rnd(shape), "y": rnd(bshape, 1)}, rtol=2e-6)
 
 
+@HYP
+@given(bt=st.integers(1, 5), h=st.integers(1, 3), t=st.integers(1, 6), hd=st.sampled_from([1, 2, 4, 8, 12]),
+       n=st.integers(2, 3))
+def test_concat_of_head_layouts(tmp_path, bt, h, t, hd, n):
+    """A concat (pads of n slices added) of tensors in head layout [B, H, T, hd] back to
+    [B, T, n * H * hd], like the q/k/v gradient: the renderer cuts the inner loop into pieces
+    where its pad masks and head divisions are affine (tgc/codegen/llvm.py `_split_pieces`)."""
+    from tgc.codegen.llvm import _split_gid, _split_pieces
+
+    c = h * hd
+    xs = [b.input(f"x{i}", (bt, h, t, hd)) for i in range(n)]
+    parts = [b.reshape(b.permute(x, (0, 2, 1, 3)), (bt, t, c)) for x in xs]
+    z = b.pad(parts[0], 2, 0, (n - 1) * c)
+    for i, p in enumerate(parts[1:], 1):
+        z = b.add(z, b.pad(p, 2, i * c, (n - 1 - i) * c))
+    s, _ = run_graph(tmp_path, {"out": z}, {f"x{i}": rnd((bt, h, t, hd), i) for i in range(n)}, rtol=2e-6)
+    if h * hd >= 4 and hd >= 4:
+        k = next(k for k in s.kernels if k.kind == "elementwise")
+        _, L, _, j, outs = _split_gid(k)
+        assert _split_pieces(L, j, outs) is not None
+
+
 @pytest.mark.parametrize("op", ["exp", "log", "tanh", "erf", "cos", "sqrt", "recip", "neg"])
 def test_math_functions(tmp_path, op):
     """Each unary op over a wide range, in wasm vs numpy's f32 (f64 inside) results."""

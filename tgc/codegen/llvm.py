@@ -25,7 +25,7 @@ from llvmlite import ir
 
 from tgc.codegen.base import UNIFORM_BLOCK, Layout
 from tgc.errors import TgcError
-from tgc.ir.kernel import KExpr, Kernel
+from tgc.ir.kernel import KExpr, Kernel, const
 from tgc.ir.ops import Op
 
 TRIPLE = "wasm64-unknown-unknown"
@@ -91,7 +91,7 @@ class MathLib:
     """f32 exp/log/tanh/erf/cos as internal, branch-free, always-inlined LLVM functions,
     so that loops calling them still vectorize. Max errors measured in tests/test_wasm.py."""
 
-    # Cephes expf/logf/sinf/cosf minimax coefficients; erf and tanh are least-squares fits
+    # Cephes expf/logf/sinf/cosf minimax coefficients; erf's small branch and tanh are least-squares fits
     # on Chebyshev nodes (f64 reference, then rounded to f32), see docs/wasm.md.
     EXP = [5.0000001201e-1, 1.6666665459e-1, 4.1665795894e-2, 8.3334519073e-3, 1.3981999507e-3, 1.9875691500e-4]
     LOG = [3.3333331174e-1, -2.4999993993e-1, 2.0000714765e-1, -1.6668057665e-1, 1.4249322787e-1,
@@ -100,9 +100,13 @@ class MathLib:
     COS = [4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5]
     ERF_SMALL = [1.1283791065216064, -0.3761262595653534, 0.11283597350120544, -0.02685432881116867,
                  0.005189312156289816, -0.0008018855005502701, 7.882497448008507e-05]  # fmt: skip
-    ERF_LARGE = [0.21080635488033295, -0.1115214005112648, 0.05611095950007439, -0.026997791603207588,
-                 0.012484035454690456, -0.005611762870103121, 0.002425885060802102, -0.0009155637817457318,
-                 0.0003678686625789851, -0.00024550259695388377, 9.640451753512025e-05]  # fmt: skip
+    # erfc(a) on [1, 3.92] as P(s)/Q(s), s = a - 2.46 (centered: the f32-rounded coefficients
+    # keep the fit's 2e-8), minimax-weighted least squares (Sanathanan-Koerner + Lawson, f64)
+    ERFC_CENTER, ERF_ONE = 2.46, 3.92  # past 3.92, f32(erf) is 1
+    ERFC_P = [0.0005033346242271364, -0.0019898382015526295, 0.00349888252094388, -0.0035168053582310677,
+              0.0021304083056747913, -0.0007323437603190541, 0.00011016503412974998]  # fmt: skip
+    ERFC_Q = [1.0, 1.3239656686782837, 0.9544782042503357, 0.39409738779067993, 0.0932619571685791,
+              0.009191928431391716]  # fmt: skip
     TANH_SMALL = [1.0, -0.3333326280117035, 0.13331149518489838, -0.05372267961502075,
                   0.020595679059624672, -0.005664775148034096]  # fmt: skip
 
@@ -184,11 +188,14 @@ class MathLib:
         return b.select(b.fcmp_unordered("<", a, _cf(0.625)), small, big)
 
     def _erf(self, b, x):
+        # |x| < 1: x P(x^2); 1 <= |x| <= 3.92: 1 - erfc(|x|) with erfc a rational fit (no exp:
+        # erfc <= 0.16 there, so its few-ulp relative error is small against 1); beyond: +-1
         a = self._abs(b, x)
         small = b.fmul(self._poly(b, b.fmul(x, x), self.ERF_SMALL), x)
-        u = b.fmul(b.fsub(a, _cf(2.5)), _cf(1 / 1.5))
-        t = b.fsub(_cf(1.0), b.fmul(self._exp(b, b.fneg(b.fmul(a, a))), self._poly(b, u, self.ERF_LARGE)))
-        t = b.select(b.fcmp_ordered(">", a, _cf(4.0)), _cf(1.0), t)
+        ac = b.select(b.fcmp_ordered("<", a, _cf(self.ERF_ONE)), a, _cf(self.ERF_ONE))
+        sv = b.fsub(ac, _cf(self.ERFC_CENTER))
+        t = b.fsub(_cf(1.0), b.fdiv(self._poly(b, sv, self.ERFC_P), self._poly(b, sv, self.ERFC_Q)))
+        t = b.select(b.fcmp_ordered(">", a, _cf(self.ERF_ONE)), _cf(1.0), t)
         big = b.call(self.intrinsic("llvm.copysign.f32", F32, [F32, F32]), [t, x])
         return b.select(b.fcmp_unordered("<", a, _cf(1.0)), small, big)
 
@@ -335,6 +342,140 @@ def _split_gid(k: Kernel):
     return rows, L, row, j, [(t, sub(e)) for t, e in k.outputs]
 
 
+class _Aff:
+    """sum(coef * term) + cj * jj + k: terms are i32 expressions free of the piece index jj."""
+
+    def __init__(self, terms=None, cj=0, k=0):
+        self.terms, self.cj, self.k = {t: c for t, c in (terms or {}).items() if c}, cj, k
+
+    def __add__(self, o):
+        t = dict(self.terms)
+        for x, c in o.terms.items():
+            t[x] = t.get(x, 0) + c
+        return _Aff(t, self.cj + o.cj, self.k + o.k)
+
+    def scale(self, c):
+        return _Aff({x: v * c for x, v in self.terms.items()}, self.cj * c, self.k * c)
+
+
+def _mult(e: KExpr) -> int:
+    """A known divisor of every value of e (1 when unknown)."""
+    if e.op is Op.CONST:
+        return abs(e.arg) or 1 << 30
+    if e.op is Op.MUL and e.srcs[1].op is Op.CONST:
+        return _mult(e.srcs[0]) * abs(e.srcs[1].arg)
+    if e.op is Op.ADD:
+        return math.gcd(_mult(e.srcs[0]), _mult(e.srcs[1]))
+    return 1
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def _piece(outs, j: KExpr, j0: int, P: int):
+    """outs with j = j0 + jj, jj in [0, P): every IDIV/MOD/MIN/MAX of j resolved to affine
+    index math in jj (and compares against j decided), so loads are unit-stride in jj.
+    Raises _Unresolved when some index op does not resolve on this piece."""
+    jj = KExpr(Op.GIDX, "i32", (), "jj", 0, P - 1)
+    dep, memo, amemo = {}, {}, {}
+
+    def has_j(e):
+        if e not in dep:
+            dep[e] = e is j or e == j or any(has_j(s) for s in e.srcs)
+        return dep[e]
+
+    def aff(e) -> _Aff:
+        if e in amemo:
+            return amemo[e]
+        op = e.op
+        if not has_j(e):
+            r = _Aff(k=e.arg) if op is Op.CONST else _Aff({e: 1})
+        elif e == j:
+            r = _Aff(cj=1, k=j0)
+        elif op is Op.ADD:
+            r = aff(e.srcs[0]) + aff(e.srcs[1])
+        elif op is Op.SUB:
+            r = aff(e.srcs[0]) + aff(e.srcs[1]).scale(-1)
+        elif op is Op.NEG:
+            r = aff(e.srcs[0]).scale(-1)
+        elif op is Op.MUL and not has_j(e.srcs[1]) and e.srcs[1].op is Op.CONST:
+            r = aff(e.srcs[0]).scale(e.srcs[1].arg)
+        elif op is Op.MUL and not has_j(e.srcs[0]) and e.srcs[0].op is Op.CONST:
+            r = aff(e.srcs[1]).scale(e.srcs[0].arg)
+        elif op in (Op.IDIV, Op.MOD) and e.srcs[1].op is Op.CONST:
+            a, d = aff(e.srcs[0]), e.srcs[1].arg
+            lo, hi = sorted((a.k, a.k + a.cj * (P - 1)))
+            if d <= 0 or lo // d != hi // d or any((c * _mult(t)) % d for t, c in a.terms.items()):
+                raise _Unresolved
+            q = lo // d
+            if op is Op.IDIV:
+                r = _Aff({to_expr(_Aff(a.terms)) // d: 1} if a.terms else {}, 0, q)  # the terms are a multiple of d
+            else:
+                r = _Aff({}, a.cj, a.k - q * d)
+        elif op in (Op.MAX, Op.MIN):
+            d = aff(e.srcs[0]) + aff(e.srcs[1]).scale(-1)
+            if d.terms:
+                raise _Unresolved
+            lo, hi = sorted((d.k, d.k + d.cj * (P - 1)))
+            if lo >= 0 or hi <= 0:
+                first = (lo >= 0) == (op is Op.MAX)
+                r = aff(e.srcs[0] if first else e.srcs[1])
+            else:
+                raise _Unresolved
+        else:
+            raise _Unresolved
+        amemo[e] = r
+        return r
+
+    def to_expr(a: _Aff) -> KExpr:
+        x = const(a.k)
+        for t, c in sorted(a.terms.items(), key=lambda tc: str(tc[0])):
+            x = t * c + x
+        return x + jj * a.cj if a.cj else x
+
+    def sub(e):
+        if e in memo:
+            return memo[e]
+        if not has_j(e):
+            r = e
+        elif e.dtype == "i32" and e.op is not Op.LOAD:
+            r = to_expr(aff(e))
+        elif e.op in _CMP and e.srcs[0].dtype == "i32":
+            try:
+                d = aff(e.srcs[0]) + aff(e.srcs[1]).scale(-1)
+            except _Unresolved:
+                d = None
+            lo, hi = (sorted((d.k, d.k + d.cj * (P - 1))) if d is not None and not d.terms else (None, None))
+            if lo is not None and e.op is Op.CMPLT and (hi < 0 or lo >= 0):
+                r = const(1.0 if hi < 0 else 0.0, "f32")
+            elif lo is not None and e.op is Op.CMPEQ and (lo == hi or lo > 0 or hi < 0):
+                r = const(1.0 if lo == hi == 0 else 0.0, "f32")
+            else:
+                r = KExpr(e.op, e.dtype, tuple(sub(s) for s in e.srcs), e.arg, e.vmin, e.vmax)
+        else:
+            r = KExpr(e.op, e.dtype, tuple(sub(s) for s in e.srcs), e.arg, e.vmin, e.vmax)
+        memo[e] = r
+        return r
+
+    return jj, [(t, sub(e)) for t, e in outs]
+
+
+def _split_pieces(L: int, j: KExpr, outs):
+    """When the inner loop divides, takes remainders of, or clamps j (a concat's pad masks,
+    a head split), cut [0, L) into the largest equal pieces on which all of that is affine:
+    [(j0, P, jj, outs)], or None (nothing to gain, or no cut resolves)."""
+    if not any(e.op in (Op.IDIV, Op.MOD, Op.MAX, Op.MIN) and e.dtype == "i32" and any(x == j for x in _walk([e]))
+               for e in _walk([x for _, x in outs])):
+        return None
+    for P in sorted((d for d in range(4, L + 1) if L % d == 0 and L // d <= 32), reverse=True):
+        try:
+            return [(j0, P, *_piece(outs, j, j0, P)) for j0 in range(0, L, P)]
+        except _Unresolved:
+            continue
+    return None
+
+
 def _unit_stride_in(e: KExpr, var: KExpr) -> bool:
     """Does some load's index move by one element per step of `var`?"""
     for x in _walk([e]):
@@ -378,6 +519,17 @@ class ModuleGen:
 
     def _elementwise(self, b, k, ptrs, layout):
         rows, L, row, j, outs = _split_gid(k)
+        pieces = _split_pieces(L, j, outs)
+        if pieces is not None:  # the j loop cut where its index math switches: unit-stride pieces
+            with loop(b, rows, name="row") as r:
+                for j0, P, jjn, pouts in pieces:
+                    with loop(b, P, name=f"j{j0}_") as jj:
+                        g = ExprGen(b, self.lib, ptrs, layout, {row: r, jjn: jj})
+                        vals = [g(e) for _, e in pouts]
+                        at = _flags(b.add(b.mul(r, _c64(L)), b.add(jj, _c64(j0))), "nuw", "nsw")
+                        for (t, _), v in zip(pouts, vals):
+                            b.store(b.trunc(v, I32) if v.type == I64 else v, b.gep(ptrs[t], [at], inbounds=True))
+            return
         with loop(b, rows, name="row") as r:
             with loop(b, L, name="j") as jj:
                 g = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj})
