@@ -111,7 +111,7 @@ def test_concat_of_head_layouts(tmp_path, bt, h, t, hd, n):
     for i, p in enumerate(parts[1:], 1):
         z = b.add(z, b.pad(p, 2, i * c, (n - 1 - i) * c))
     s, _ = run_graph(tmp_path, {"out": z}, {f"x{i}": rnd((bt, h, t, hd), i) for i in range(n)}, rtol=2e-6)
-    if h * hd >= 4 and hd >= 4:
+    if h >= 2 and t >= 2 and hd >= 4:  # a real head permutation for the pieces to undo
         k = next(k for k in s.kernels if k.kind == "elementwise")
         _, L, _, j, outs = _split_gid(k)
         assert _split_pieces(L, j, outs) is not None
