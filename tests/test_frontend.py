@@ -390,3 +390,11 @@ def test_bad_programs_through_the_cli(tmp_path, capsys):
         assert err.split(" error: ")[0] == expected.split(" error: ")[0], (src, err, expected)
         assert re.match(rf"{re.escape(str(f))}:\d+:\d+: error: ", err), err
     assert failing >= 30, failing
+
+
+def test_unwritable_output_is_a_one_line_error(capsys):
+    from tgc.cli import main
+
+    rc = main(["compile", str(Path(__file__).parent.parent / "models" / "gpt.tg"), "--preset", "tiny", "-o", "/proc/tgc-nope", "--targets", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -183,6 +183,13 @@ def main(argv=None) -> int:
     except TgcError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except OSError as e:  # a path the user gave: missing, unwritable, disk full
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory (try a smaller preset or batch)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
