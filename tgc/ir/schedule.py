@@ -120,7 +120,7 @@ SHARED_COST = 6
 MAX_COST = 48
 # rough cost of one evaluation relative to an add; transcendental functions are
 # polynomial evaluations on every target (wasm has no such instructions at all)
-OP_COST = {Op.ERF: 12, Op.TANH: 8, Op.EXP: 6, Op.LOG: 6, Op.COS: 6, Op.DIV: 2, Op.SQRT: 2, Op.RECIP: 2}
+OP_COST = {Op.ERF: 12, Op.TANH: 4}
 
 
 def _cheap(n: Node) -> bool:
