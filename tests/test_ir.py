@@ -11,7 +11,6 @@ gradient gives and a wrong one never does.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -11,8 +11,6 @@ any failure. Tolerances and their reasons: docs/parity.md.
 
 from __future__ import annotations
 
-import math
-import sys
 import tempfile
 from pathlib import Path
 

@@ -123,10 +123,6 @@ MAX_COST = 48
 OP_COST = {Op.ERF: 12, Op.TANH: 4}
 
 
-def _cheap(n: Node) -> bool:
-    return n.op in GroupOp.Leaf or n.op in GroupOp.Movement - {Op.PAD, Op.DSLICE}
-
-
 class Scheduler:
     def __init__(self, prog):
         self.prog = prog
