@@ -136,57 +136,12 @@ def bench_wgsl_train(preset: str, steps: int, artifacts: str | None = None) -> d
 
 def bench_torch_train(preset: str, steps: int) -> dict:
     import torch
-    import torch.nn.functional as F
-    from torch import nn
 
-    from tgc import presets
+    from torch_gpt import make_train_step
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    p = presets.get_preset(preset)
-    V, T, d, H, L, B = p["vocab"], p["ctx"], p["d"], p["heads"], p["layers"], p["batch"]
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-        def forward(self, x):
-            q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
-            q, k, v = (t.view(B, T, H, d // H).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hs)
-            x = x + self.c_proj(y.transpose(1, 2).reshape(B, T, d))
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, d), nn.Embedding(T, d)
-            self.h = nn.ModuleList(Block() for _ in range(L))
-            self.ln_f = nn.LayerNorm(d)
-
-        def forward(self, idx, tgt):
-            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-            for blk in self.h:
-                x = blk(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.view(-1, V), tgt.view(-1))
-
-    model = GPT().cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    idx = torch.randint(0, V, (B, T), device="cuda")
-    tgt = torch.randint(0, V, (B, T), device="cuda")
-
-    def step():
-        loss = model(idx, tgt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.item()  # the loss readback, as tgc does
-
+    step = make_train_step(preset, "cuda")
     for _ in range(3):
         step()
     torch.cuda.synchronize()
