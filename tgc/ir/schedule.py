@@ -295,7 +295,7 @@ class Scheduler:
             kernels.append(k)
             kernel_of[n] = k
         updates = self._place_updates(kernels, kernel_of, upd_name)
-        kernels = fuse_elementwise(kernels)
+        kernels = fuse_elementwise(hoist_to_fuse(kernels))
         outputs = {name: self.names[node] for name, node in prog.outputs.items()}
         uniforms = {n.arg["name"]: n.dtype for n in self.order if n.op is Op.UNIFORM}
         return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
@@ -371,6 +371,29 @@ def _substitute_loads(e: KExpr, values: dict[str, KExpr], memo: dict) -> KExpr:
             r = e if srcs == e.srcs else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
         memo[e] = r
     return r
+
+
+def hoist_to_fuse(kernels: list[Kernel]) -> list[Kernel]:
+    """Move each elementwise kernel up to just after an earlier one it can fuse with, when
+    no kernel in between writes what it reads, reads what it writes, or writes the same
+    tensor (e.g. the KV cache's v write next to its k write in decode_step)."""
+    ks = list(kernels)
+    for i in range(len(ks)):
+        k = ks[i]
+        if k.kind != "elementwise":
+            continue
+        reads, writes = k.loads(), set(k.writes())
+        target = None
+        for j in range(i - 1, -1, -1):
+            m = ks[j]
+            if m.kind == "elementwise" and m.size == k.size and _fusable(m, k):
+                target = j
+            m_writes = set(m.writes())
+            if reads & m_writes or writes & m.loads() or writes & m_writes:
+                break
+        if target is not None and target < i - 1:
+            ks.insert(target + 1, ks.pop(i))
+    return ks
 
 
 def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
