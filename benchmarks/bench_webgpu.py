@@ -198,14 +198,7 @@ def profile_program(art, program: str = "train_step", reps: int = 5) -> dict:
     # host encode cost alone
     t = time.perf_counter()
     for _ in range(3):
-        enc = gpu.device.create_command_encoder()
-        cp = enc.begin_compute_pass()
-        for pipe, bg, (x, y, z) in plan:
-            cp.set_pipeline(pipe)
-            cp.set_bind_group(0, bg)
-            cp.dispatch_workgroups(x, y, z)
-        cp.end()
-        enc.finish()
+        rt._encode(plan, [])
     encode_ms = (time.perf_counter() - t) / 3 * 1e3
     res = {"program": program, "launches": len(plan), "first_run_s": first_s, "step_ms": step_ms, "encode_ms": encode_ms,
            "features": sorted(gpu.features)}

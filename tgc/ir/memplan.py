@@ -46,6 +46,7 @@ class PlanReport:
     grad_bytes: int
     optimizer_bytes: int
     max_live_activation_bytes: int
+    other_state_bytes: int  # KV caches and data inputs this program uses
 
     @property
     def planned_bytes(self) -> int:
@@ -53,9 +54,7 @@ class PlanReport:
 
     @property
     def lower_bound(self) -> int:
-        return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.max_live_activation_bytes + self._other_persistent
-
-    _other_persistent: int = 0
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.max_live_activation_bytes + self.other_state_bytes
 
 
 @dataclass
@@ -165,13 +164,10 @@ def plan_memory(schedules: dict, max_buffer: int = 128 << 20) -> MemoryPlan:
                 for i in range(a, b + 1):
                     steps[i] += size
         role_bytes = lambda role: sum(_align(t.nbytes) for t in s.tensors.values() if t.role == role)
-        rep = PlanReport(
-            pname, persistent_bytes, 0, role_bytes("parameter"), role_bytes("gradient"),
-            role_bytes("optimizer_state"), max(steps) if steps else 0,
+        reports[pname] = PlanReport(
+            pname, persistent_bytes, _align(top), role_bytes("parameter"), role_bytes("gradient"),
+            role_bytes("optimizer_state"), max(steps) if steps else 0, role_bytes("kv_cache") + role_bytes("input"),
         )
-        rep._other_persistent = sum(_align(t.nbytes) for t in s.tensors.values() if t.role in ("kv_cache", "input"))
-        rep.arena_bytes = _align(top)
-        reports[pname] = rep
     n_arena = (arena_top + max_buffer - 1) // max_buffer
     for i in range(n_arena):
         buffers.append(Buffer(f"arena{i}", _align(min(max_buffer, arena_top - i * max_buffer)), "arena"))

@@ -422,23 +422,21 @@ def _decompose_cached_attention(n):
     return _masked_softmax_attention(q, kc, vc, n.arg, pos)
 
 
-def _np_composite(decompose):
+def _np_composite(op: Op, decompose):
+    """The numpy meaning of a composite op: its decomposition, evaluated."""
+
     def run(arg, *arrays):
         from tgc.ir import build
         from tgc.ir.interp import evaluate
-
-        leaves = [build.input(f"_{i}", a.shape, "i32" if a.dtype.kind == "i" else "f32") for i, a in enumerate(arrays)]
         from tgc.ir.node import Node
 
-        node = Node(op_of[decompose], "f32", (), tuple(leaves), arg)
-        out = decompose(node)
+        leaves = [build.input(f"_{i}", a.shape, "i32" if a.dtype.kind == "i" else "f32") for i, a in enumerate(arrays)]
+        out = decompose(Node(op, "f32", (), tuple(leaves), arg))
         fdt = next((a.dtype for a in arrays if a.dtype.kind == "f"), np.float32)
         return evaluate([out], {f"_{i}": a for i, a in enumerate(arrays)}, fdt)[0]
 
     return run
 
-
-op_of: dict = {}
 
 # ---------------------------------------------------------------- the table
 
@@ -475,10 +473,8 @@ RULES[Op.EMBED] = OpRule(_embed_shape, lambda a, t, i: t[i], _g_embed)
 RULES[Op.UPDATE_SLICE] = OpRule(_update_slice_shape, _np_update_slice)
 RULES[Op.ATTENTION] = OpRule(_attention_shape, decompose=_decompose_attention)
 RULES[Op.CACHED_ATTENTION] = OpRule(_cached_attention_shape, decompose=_decompose_cached_attention)
-op_of[_decompose_attention] = Op.ATTENTION
-op_of[_decompose_cached_attention] = Op.CACHED_ATTENTION
-RULES[Op.ATTENTION].numpy = _np_composite(_decompose_attention)
-RULES[Op.CACHED_ATTENTION].numpy = _np_composite(_decompose_cached_attention)
+RULES[Op.ATTENTION].numpy = _np_composite(Op.ATTENTION, _decompose_attention)
+RULES[Op.CACHED_ATTENTION].numpy = _np_composite(Op.CACHED_ATTENTION, _decompose_cached_attention)
 
 _missing = (set(GroupOp.Elementwise) | GroupOp.Reduce | GroupOp.Movement) - {op for op, r in RULES.items() if r.numpy}
 assert not _missing, f"ops without numpy meaning: {_missing}"

@@ -45,10 +45,7 @@ class ReferenceRuntime:
         return self.state[name].copy()
 
     def init_state(self, seed: int = 0) -> None:
-        seen = set()
-        for t in self.manifest["tensors"]:
-            seen.add(t["name"])
-        self.state.update(initial_state({"tensors": [t for t in self.manifest["tensors"]]}, seed))
+        self.state.update(initial_state(self.manifest, seed))
 
     def run(self, program: str, inputs: dict | None = None, uniforms: dict | None = None, read=None) -> dict:
         env = dict(self.state)

@@ -195,6 +195,10 @@ class WebGPURuntime(Runtime):
             encoder.copy_buffer_to_buffer(self.buffers[p["buffer"]], p["offset"], st, 0, size)
             jobs.append((key, p, st, size))
         self.gpu.queue.submit([encoder.finish()])
+        return self._map_outputs(jobs)
+
+    def _map_outputs(self, jobs) -> dict:
+        """Wait for the staging copies of `jobs` and return their contents by name."""
         out = {}
         for key, p, st, size in jobs:
             st.map_sync(self.gpu.wgpu.MapMode.READ, 0, st.size)
@@ -257,14 +261,7 @@ class WebGPURuntime(Runtime):
         # encode the next run's commands while the GPU works (the staging buffers are
         # mapped only below, after this)
         self._next[key] = self._encode(plan, jobs)
-        out = {}
-        for key_, p, st, size in jobs:
-            st.map_sync(self.gpu.wgpu.MapMode.READ, 0, st.size)
-            data = st.read_mapped(0, size, copy=True)
-            st.unmap()
-            dt = np.int32 if p["dtype"] == "i32" else np.float32
-            out[key_[-1]] = np.frombuffer(data, dtype=dt).reshape(p["shape"]).copy()
-        return out
+        return self._map_outputs(jobs)
 
     def sync(self) -> None:
         """Wait for the queue (benchmarks): a no-op submit then a tiny readback."""
