@@ -145,6 +145,25 @@ def test_model_function_gradients(m, n, seed):
     gradcheck(lambda x, targets: b.cross_entropy(x, targets), [(m, n)], rng, int_inputs={"targets": ((m,), n)})
 
 
+def test_detach_stops_the_gradient_and_folds_away():
+    """DETACH is the identity with a zero gradient; softmax and cross-entropy detach their
+    max shift (its exact gradient is zero), so the shift costs no backward kernels."""
+    from tgc.ir.node import toposort
+    from tgc.ir.ops import Op
+
+    rng = np.random.default_rng(0)
+    x, y = b.input("x", (3, 4)), b.input("y", (3, 4))
+    env = {"x": rng.normal(size=(3, 4)), "y": rng.normal(size=(3, 4))}
+    loss = b.sum_all(b.mul(b.detach(x), y))
+    gx, gy = evaluate(grad(loss, [x, y]), env, np.float64)
+    assert not gx.any() and np.array_equal(gy, env["x"])
+    out = run_passes([loss, *grad(loss, [x, y])], verify=True)
+    assert not any(n.op is Op.DETACH for n in toposort(out))
+    # the softmax backward has no path through the max (which would select the argmax by CMPEQ)
+    sm_grad = run_passes(grad(b.sum_all(b.mul(b.softmax(x), y)), [x]))
+    assert not any(n.op is Op.CMPEQ for n in toposort(sm_grad))
+
+
 # ---------------------------------------------------------------- the GPT
 
 

@@ -177,6 +177,11 @@ def reduce_max(x, axis, keepdims=True, loc=None):
     return y if keepdims else reshape(y, x.shape[:axis] + x.shape[axis + 1 :])
 
 
+def detach(x, loc=None):
+    """x with a zero gradient (stop_gradient)."""
+    return make(Op.DETACH, (x,), None, loc or x.loc)
+
+
 def sum_all(x):
     """Sum of every element, as a scalar. Large sums go in two stages (rows, then the
     row sums), so that no single reduction runs serially over a million elements: the
@@ -230,7 +235,9 @@ def attention(q, k, v, heads, loc=None):
 
 def softmax(x, axis=-1, loc=None):
     axis = _axis(x, axis, loc)
-    m = reduce_max(x, axis, loc=loc)
+    # the shift by the row max only keeps exp in range: softmax does not depend on it, so
+    # its gradient is exactly zero and is not derived (it would cost two kernels per softmax)
+    m = detach(reduce_max(x, axis, loc=loc), loc)
     e = exp(sub(x, m, loc), loc)
     return div(e, reduce_sum(e, axis, loc=loc), loc)
 
@@ -267,7 +274,7 @@ def cross_entropy(logits, targets, loc=None):
         )
     N = targets.size
     x = reshape(logits, (N, V), loc)
-    m = reduce_max(x, 1, loc=loc)
+    m = detach(reduce_max(x, 1, loc=loc), loc)  # a shift logsumexp does not depend on (see softmax)
     lse = add(log(reduce_sum(exp(sub(x, m, loc), loc), 1, loc=loc), loc), m, loc)  # [N, 1]
     picked = reduce_sum(mul(x, onehot(reshape(targets, (N,)), V, loc), loc), 1, loc=loc)  # [N, 1]
     return mul(sum_all(sub(lse, picked, loc)), full((), 1.0 / N), loc)

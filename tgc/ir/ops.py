@@ -55,6 +55,7 @@ class Op(Enum):
     ATTENTION = auto()  # (q, k, v [B, T, d]) arg=heads: causal self-attention
     CACHED_ATTENTION = auto()  # (q [B,Tq,d], kc, vc [B,S,d], pos scalar) arg=heads
     UPDATE_SLICE = auto()      # (buf [B,S,d], new [B,Tq,d], pos scalar) arg=axis: buf with new written at pos
+    DETACH = auto()     # identity whose gradient is zero (stop_gradient); folded away after autodiff
     # kernel IR only (tgc/ir/kernel.py): scalar code inside one kernel
     LOAD = auto()       # arg=tensor name, srcs=(flat element index,)
     GIDX = auto()       # the flat output index this invocation computes

@@ -1,7 +1,8 @@
 """Graph-to-graph passes over a list of output nodes, each a small function.
 
 - decompose: composite ops (ATTENTION, CACHED_ATTENTION) into primitives
-- fold: constant folding and algebraic identities (x*1, x+0, reshape∘reshape, ...)
+- fold: constant folding and algebraic identities (x*1, x+0, reshape∘reshape, ...);
+  DETACH disappears here (autodiff, which has run, is its only reader)
 - cse: structurally equal nodes merged (hash-consing)
 - dce: implicit in every pass (only what outputs reach is rebuilt); `dce` on a
   Program also drops inputs nothing reads.
@@ -64,6 +65,8 @@ def fold(outputs):
             v = get_rule(n.op).numpy(n.arg, *arrays)
             v = int(v) if n.dtype == "i32" else float(np.float32(v))
             return _const(n.shape, v, n.dtype, n.loc)
+        if n.op is Op.DETACH:  # autodiff has run: only its zero gradient mattered
+            return srcs[0]
         if n.op is Op.MUL:
             for i in (0, 1):
                 if cv[i] == 1.0:

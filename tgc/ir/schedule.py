@@ -120,7 +120,7 @@ SHARED_COST = 6
 MAX_COST = 48
 # rough cost of one evaluation relative to an add; transcendental functions are
 # polynomial evaluations on every target (wasm has no such instructions at all)
-OP_COST = {Op.ERF: 12, Op.TANH: 4}
+OP_COST = {Op.ERF: 12, Op.TANH: 4, Op.EXP: 8}
 
 
 class Scheduler:
