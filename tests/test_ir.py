@@ -317,6 +317,46 @@ def test_schedule_matches_interpreter_on_every_program(tiny):
             assert_close(upd[k], ref_upd[k], 1e-4, 1e-5, f"{name} update {k}")
 
 
+def test_matmul_bands_hold_in_every_program(tiny):
+    """The triangular structure the scheduler gives attention's matmuls (tgc/ir/structure.py)
+    is true: operands are exactly zero where a Band says so, and garbage written into the
+    outputs' dead parts changes no program output or state update."""
+    from tgc.ir.kinterp import run_kernel
+
+    rng = np.random.default_rng(1)
+    env = _params(tiny)
+    for t in (t for s in tiny.schedules.values() for t in s.tensors.values() if t.role in ("optimizer_state", "kv_cache")):
+        env[t.name] = rng.normal(size=t.shape).astype(np.float32) ** 2
+    B, T = tiny.batch, tiny.config["ctx"]
+    env.update(idx=rng.integers(0, 256, (B, T)), targets=rng.integers(0, 256, (B, T)), tokens=rng.integers(0, 256, (1, T)),
+               token=rng.integers(0, 256, (1, 1)), step=3.0, lr=1e-3, warmup=2.0, total_steps=10.0, len=7, pos=5)  # fmt: skip
+    banded = 0
+    for name, sched in tiny.schedules.items():
+        results = []
+        for garbage in (False, True):
+            mem = {n: (np.asarray(env[n], np.int32 if t.dtype == "i32" else np.float32).reshape(-1).copy() if n in env
+                       else np.zeros(int(np.prod(t.shape)), np.int32 if t.dtype == "i32" else np.float32))
+                   for n, t in sched.tensors.items()}  # fmt: skip
+            for k in sched.kernels:
+                run_kernel(k, mem, env)
+                if k.kind != "matmul" or k.band is None:
+                    continue
+                banded += name == "train_step" and not garbage
+                az, bz, dead = k.band.masks(k.M, k.N, k.K)
+                view = lambda v: np.lib.stride_tricks.as_strided(mem[v.tensor][v.offset:], v.shape, [s * 4 for s in v.strides])
+                assert not view(k.a)[..., az].any() and not view(k.b)[..., bz].any(), f"{name}.{k.name}: {k.band} operands not zero"
+                if garbage:
+                    out = mem[k.out].reshape(*k.batch, k.M, k.N)
+                    out[..., dead] = rng.normal(size=out[..., dead].shape) * 1e3
+            results.append(({o: mem[t].copy() for o, t in sched.outputs.items()}, {s: mem[t].copy() for s, t in sched.updates.items()}))
+        (o0, u0), (o1, u1) = results
+        for key in o0:
+            assert np.array_equal(o0[key], o1[key]), f"{name}.{key} reads a dead matmul output"
+        for key in u0:
+            assert np.array_equal(u0[key], u1[key]), f"{name} update {key} reads a dead matmul output"
+    assert banded == 6 * tiny.config["layers"], banded  # train_step: all six attention matmuls of every layer
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small", "medium", pytest.param("large", marks=pytest.mark.slow),
                                     pytest.param("xl", marks=pytest.mark.slow), pytest.param("huge", marks=pytest.mark.slow),
                                     pytest.param("massive", marks=pytest.mark.slow), pytest.param("mega", marks=pytest.mark.slow)])

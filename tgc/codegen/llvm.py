@@ -85,6 +85,30 @@ def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
+def _max(b, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _transpose4(b, rows):
+    """Columns of the 4 x 4 block whose rows are four <4 x float>."""
+    sh = lambda x, y, m: b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 4), m))
+    lo01, hi01 = sh(rows[0], rows[1], [0, 4, 1, 5]), sh(rows[0], rows[1], [2, 6, 3, 7])
+    lo23, hi23 = sh(rows[2], rows[3], [0, 4, 1, 5]), sh(rows[2], rows[3], [2, 6, 3, 7])
+    return [sh(lo01, lo23, [0, 1, 4, 5]), sh(lo01, lo23, [2, 3, 6, 7]), sh(hi01, hi23, [0, 1, 4, 5]), sh(hi01, hi23, [2, 3, 6, 7])]
+
+
+NO_BOUND = 1 << 40  # a Band bound that is absent: far outside any k or n
+
+
+def _band_args(band) -> tuple[int, ...]:
+    """tgc_matmul's band arguments (k_from_m, k_from_n, k_to_m, k_to_n, dead_above, dead_below)."""
+    if band is None:
+        return (-NO_BOUND, -NO_BOUND, NO_BOUND, NO_BOUND, NO_BOUND, -NO_BOUND)
+    f = lambda v, d: d if v is None else v
+    return (f(band.k_from_m, -NO_BOUND), f(band.k_from_n, -NO_BOUND), f(band.k_to_m, NO_BOUND),
+            f(band.k_to_n, NO_BOUND), f(band.dead_above, NO_BOUND), f(band.dead_below, -NO_BOUND))  # fmt: skip
+
+
 # ---------------------------------------------------------------- math functions
 
 class MathLib:
@@ -591,18 +615,20 @@ class ModuleGen:
             pa = b.bitcast(b.gep(ptrs[a.tensor], [offs[0]], inbounds=True), PF32)
             pb = b.bitcast(b.gep(ptrs[bv.tensor], [offs[1]], inbounds=True), PF32)
             pc = b.gep(ptrs[k.out], [b.mul(bi, _c64(k.M * k.N))], inbounds=True)
-            b.call(mm, [pa, pb, pc] + [_c64(v) for v in (k.M, k.N, k.K, a.strides[-2], a.strides[-1], bv.strides[-2], bv.strides[-1])])
+            b.call(mm, [pa, pb, pc] + [_c64(v) for v in (k.M, k.N, k.K, a.strides[-2], a.strides[-1], bv.strides[-2], bv.strides[-1])]
+                   + [_c64(v) for v in _band_args(k.band)])  # fmt: skip
 
-    # ---- the shared matmul: C[M, N] (row stride N) = A (strides sam, sak) @ B (strides sbk, sbn)
+    # ---- the shared matmul: C[M, N] (row stride N) = A (strides sam, sak) @ B (strides sbk, sbn),
+    # each micro-tile over the k range its Band allows (_band_args: no band, the whole range)
     def matmul_fn(self) -> ir.Function:
         if self._mm_fn is not None:
             return self._mm_fn
-        fn = ir.Function(self.mod, ir.FunctionType(VOID, [PF32] * 3 + [I64] * 7), name="tgc_matmul")
+        fn = ir.Function(self.mod, ir.FunctionType(VOID, [PF32] * 3 + [I64] * 13), name="tgc_matmul")
         fn.linkage = "internal"
         fn.attributes.add("noinline")
         for a in fn.args[:3]:
             a.add_attribute("noalias")
-        A, B, C, M, N, K, sam, sak, sbk, sbn = fn.args
+        A, B, C, M, N, K, sam, sak, sbk, sbn, kfm, kfn, ktm, ktn, dab, dbe = fn.args
         pack_a, pack_b, micro = self._pack_fn("a"), self._pack_fn("b"), self._micro_fn()
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         Ap = b.inttoptr(_c64(self.scratch), PF32)
@@ -620,9 +646,20 @@ class ModuleGen:
                     b.call(pack_a, [Ap, asrc, kc, mc, sak, sam])
                     with loop(b, nc, step=NR, name="jr") as jr:
                         with loop(b, mc, step=MR, name="ir") as i_r:
-                            ctile = b.gep(C, [b.add(b.mul(b.add(ic, i_r), N), b.add(jc, jr))], inbounds=True)
-                            b.call(micro, [b.gep(Ap, [b.mul(i_r, kc)]), b.gep(Bp, [b.mul(jr, kc)]), ctile, kc, N,
-                                           _min(b, _c64(MR), b.sub(mc, i_r)), _min(b, _c64(NR), b.sub(nc, jr)), accumulate])
+                            rows, cols = _min(b, _c64(MR), b.sub(mc, i_r)), _min(b, _c64(NR), b.sub(nc, jr))
+                            m0, n0 = b.add(ic, i_r), b.add(jc, jr)
+                            m_last, n_last = b.add(m0, b.sub(rows, _c64(1))), b.add(n0, b.sub(cols, _c64(1)))
+                            # the band: k in [lo, hi) within this pc slice; dead tiles get 0
+                            lo = _max(b, _max(b, pc, b.add(m0, kfm)), b.add(n0, kfn))
+                            hi = _min(b, _min(b, b.add(pc, kc), b.add(m_last, ktm)), b.add(n_last, ktn))
+                            dead = b.or_(b.icmp_signed(">", n0, b.add(m_last, dab)), b.icmp_signed("<", n_last, b.add(m0, dbe)))
+                            live = b.and_(b.icmp_signed("<", lo, hi), b.not_(dead))
+                            off = b.select(live, b.sub(lo, pc), _c64(0))
+                            klen = b.select(live, b.sub(hi, lo), _c64(0))
+                            ctile = b.gep(C, [b.add(b.mul(m0, N), n0)], inbounds=True)
+                            b.call(micro, [b.gep(Ap, [b.add(b.mul(i_r, kc), b.mul(off, _c64(MR)))]),
+                                           b.gep(Bp, [b.add(b.mul(jr, kc), b.mul(off, _c64(NR)))]), ctile, klen, N,
+                                           rows, cols, accumulate])  # fmt: skip
         b.ret_void()
         self._mm_fn = fn
         return fn
@@ -649,7 +686,18 @@ class ModuleGen:
                             v = b.load(b.bitcast(b.gep(s, [_c64(q)]), V4.as_pointer()), align=4)
                             b.store(v, b.bitcast(b.gep(d, [_c64(q)]), V4.as_pointer()), align=4)
                 with other:
-                    with loop(b, kc, name="k") as kk:
+                    # k contiguous and a whole sliver (a row-major A, a transposed B): 4 x 4
+                    # blocks loaded along k and transposed in registers; the rest scalar
+                    kt = b.select(b.and_(b.icmp_signed("<=", b.add(p, _c64(W)), n), b.icmp_signed("==", sk, _c64(1))),
+                                  b.and_(kc, _c64(-4)), _c64(0))  # fmt: skip
+                    with loop(b, kt, step=4, name="kt") as kk:
+                        for w0 in range(0, W, 4):
+                            rows = [b.load(b.bitcast(b.gep(src, [b.add(kk, b.mul(b.add(p, _c64(w0 + r)), sw))]), V4.as_pointer()), align=4)
+                                    for r in range(4)]  # fmt: skip
+                            for t, col in enumerate(_transpose4(b, rows)):
+                                d = b.gep(out, [b.add(b.mul(b.add(kk, _c64(t)), _c64(W)), _c64(w0))])
+                                b.store(col, b.bitcast(d, V4.as_pointer()), align=4)
+                    with loop(b, kc, start=kt, name="k") as kk:
                         for w in range(W):
                             col = b.add(p, _c64(w))
                             inside = b.icmp_signed("<", col, n)

@@ -217,6 +217,64 @@ class View:
     offset: int = 0
 
 
+@dataclass(frozen=True)
+class Band:
+    """Triangular structure a matmul may exploit (tgc/ir/structure.py). For output (m, n)
+    only k in [max(m + k_from_m, n + k_from_n), min(m + k_to_m, n + k_to_n)) can
+    contribute (the operands are zero elsewhere; None: no bound), and outputs with
+    n > m + dead_above or n < m + dead_below are never read: a backend may leave them
+    unspecified but finite (whole tiles of them are written as zeros)."""
+
+    k_from_m: int | None = None
+    k_from_n: int | None = None
+    k_to_m: int | None = None
+    k_to_n: int | None = None
+    dead_above: int | None = None
+    dead_below: int | None = None
+
+    @staticmethod
+    def of(a_zero, b_zero, out_dead) -> Band | None:
+        """From structure regions (lower, c) of A [m, k], B [k, n] and the output [m, n]."""
+        f = {}
+        if a_zero is not None:  # A[m, k] = 0 for k > m + c (lower) or k < m + c
+            f["k_to_m" if a_zero[0] else "k_from_m"] = a_zero[1] + 1 if a_zero[0] else a_zero[1]
+        if b_zero is not None:  # B[k, n] = 0 for n > k + c, i.e. k < n - c (lower), or k > n - c
+            f["k_from_n" if b_zero[0] else "k_to_n"] = -b_zero[1] if b_zero[0] else 1 - b_zero[1]
+        if out_dead is not None:
+            f["dead_above" if out_dead[0] else "dead_below"] = out_dead[1]
+        return Band(**f) if f else None
+
+    def masks(self, M: int, N: int, K: int):
+        """Boolean masks (A [M, K] zero, B [K, N] zero, output [M, N] dead) for tests."""
+        import numpy as np
+
+        m, k, n = np.arange(M)[:, None], np.arange(K), np.arange(N)
+        none = lambda v, d: d if v is None else v
+        big = 1 << 40
+        a_zero = (k >= m + none(self.k_to_m, big)) | (k < m + none(self.k_from_m, -big))
+        b_zero = (k[:, None] >= n + none(self.k_to_n, big)) | (k[:, None] < n + none(self.k_from_n, -big))
+        dead = (n > m + none(self.dead_above, big)) | (n < m + none(self.dead_below, -big))
+        return a_zero, b_zero, dead
+
+    def k_range(self, m0: int, m1: int, n0: int, n1: int, K: int) -> tuple[int, int]:
+        """The k range that can contribute to the tile [m0, m1) x [n0, n1); empty when the
+        whole tile is dead."""
+        if (self.dead_above is not None and n0 > m1 - 1 + self.dead_above) or (
+            self.dead_below is not None and n1 - 1 < m0 + self.dead_below
+        ):
+            return 0, 0
+        lo, hi = 0, K
+        if self.k_from_m is not None:
+            lo = max(lo, m0 + self.k_from_m)
+        if self.k_from_n is not None:
+            lo = max(lo, n0 + self.k_from_n)
+        if self.k_to_m is not None:
+            hi = min(hi, m1 - 1 + self.k_to_m)
+        if self.k_to_n is not None:
+            hi = min(hi, n1 - 1 + self.k_to_n)
+        return lo, max(lo, hi)
+
+
 @dataclass
 class Kernel:
     name: str
@@ -233,6 +291,7 @@ class Kernel:
     M: int = 0
     N: int = 0
     K: int = 0
+    band: Band | None = None  # triangular structure the matmul may skip
 
     def loads(self) -> set[str]:
         out = {e.arg for e in walk(e for _, e in self.outputs) if e.op is Op.LOAD}
@@ -276,6 +335,7 @@ def format_kernel(k: Kernel) -> str:
         return (
             f"kernel {k.name} matmul batch={list(k.batch)} M={k.M} N={k.N} K={k.K}\n"
             f"  A = {k.a}\n  B = {k.b}\n  {k.out}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]\n"
+            + (f"  {k.band}\n" if k.band is not None else "")
         )
     head = f"kernel {k.name} {k.kind} gid < {k.size}"
     if k.kind == "reduce":

@@ -409,7 +409,10 @@ def _masked_softmax_attention(q, k, v, heads, q_offset):
     visible = b.cmplt(b.iota((Tq, S), 1), b.add(qpos, b.full((Tq, S), 1, "i32")))  # key <= query
     visible = b.expand(b.reshape(visible, (1, 1, Tq, S)), att.shape)
     att = b.where(visible, att, b.full_like(att, -1e30))
-    return _merge_heads(b.matmul(b.softmax(att, axis=3), vh))
+    # the probabilities of hidden keys are exp(-1e30 - max) = 0 already; saying so with an
+    # exact zero lets the matmuls skip them (tgc/ir/structure.py)
+    p = b.where(visible, b.softmax(att, axis=3), b.full_like(att, 0.0))
+    return _merge_heads(b.matmul(p, vh))
 
 
 def _decompose_attention(n):

@@ -23,9 +23,10 @@ import math
 from dataclasses import dataclass, field
 
 from tgc.ir import kernel as K
-from tgc.ir.kernel import KExpr, Kernel, View
+from tgc.ir.kernel import Band, KExpr, Kernel, View
 from tgc.ir.node import Node, toposort
 from tgc.ir.ops import GroupOp, Op
+from tgc.ir.structure import analyze
 
 
 @dataclass
@@ -135,6 +136,7 @@ class Scheduler:
         self.mat: set[Node] = set()
         self.names: dict[Node, str] = {}
         self.tensors: dict[str, TensorInfo] = {}
+        self.zero, self.dead = analyze(self.order, self.roots)
 
     # ------------------------------------------------------------ what to materialize
 
@@ -303,7 +305,9 @@ class Scheduler:
     def kernel_for(self, n: Node, out: str, kname: str) -> Kernel:
         if n.op is Op.MATMUL:
             a, b = (self.view(s) for s in n.srcs)
-            return Kernel(kname, "matmul", n.size, a=a, b=b, out=out, batch=n.shape[:-2], M=n.shape[-2], N=n.shape[-1], K=n.srcs[0].shape[-1])
+            band = Band.of(self.zero.get(n.srcs[0]), self.zero.get(n.srcs[1]), self.dead.get(n))
+            return Kernel(kname, "matmul", n.size, a=a, b=b, out=out, batch=n.shape[:-2], M=n.shape[-2], N=n.shape[-1],
+                          K=n.srcs[0].shape[-1], band=band)  # fmt: skip
         if n.op in (Op.SUM, Op.RMAX):
             (x,) = n.srcs
             axis = n.arg
