@@ -203,6 +203,23 @@ def test_banded_matmul(tmp_path, m, n, k, c):
     assert len(bands) == 6 and all(bands), bands
 
 
+@settings(HYP, max_examples=8)
+@given(m=st.integers(1, 20), n=st.integers(1, 40), c=st.integers(-25, 25))
+def test_masks_split_their_loops(tmp_path, m, n, c):
+    """Masks comparing the inner (or reduction) index with a per-row bound, either way round:
+    the loop is cut at the bound with the mask decided on each side."""
+    x = b.input("x", (m, n))
+    i, j = b.iota((m, n), 0), b.iota((m, n), 1)
+    off = b.full((m, n), c, "i32")
+    below, above = b.cmplt(j, b.add(i, off)), b.cmplt(b.add(i, off), j)
+    outs = {
+        "e": b.where(below, b.exp(x), b.full_like(x, -1e30)),
+        "s": b.reduce_sum(b.where(above, b.mul(x, x), b.full_like(x, 0.0)), 1),
+        "mx": b.reduce_max(b.where(below, x, b.full_like(x, -5.0)), 1),
+    }
+    run_graph(tmp_path, outs, {"x": rnd((m, n))})
+
+
 def test_matmul_large_blocks(tmp_path):
     """Sizes past one KC x NC block and MC rows: the accumulate path and every edge."""
     m, n, k = 131, 2051, 517

@@ -500,6 +500,50 @@ def _split_pieces(L: int, j: KExpr, outs):
     return None
 
 
+def _affine_in(e: KExpr, v: KExpr):
+    """e = c * v + rest with rest free of v: (c, rest), or None."""
+    if e == v:
+        return 1, const(0)
+    if v not in _walk([e]):
+        return 0, e
+    if e.op in (Op.ADD, Op.SUB):
+        a, b = _affine_in(e.srcs[0], v), _affine_in(e.srcs[1], v)
+        if a is None or b is None:
+            return None
+        return (a[0] + b[0], a[1] + b[1]) if e.op is Op.ADD else (a[0] - b[0], a[1] + b[1] * -1)
+    if e.op is Op.MUL and e.srcs[1].op is Op.CONST:
+        a = _affine_in(e.srcs[0], v)
+        return None if a is None else (a[0] * e.srcs[1].arg, a[1] * e.srcs[1].arg)
+    return None
+
+
+def _compare_split(v: KExpr, outs):
+    """A mask `x < y` with x - y = +-v + r (r free of the loop index v, like the causal
+    mask's key <= query) is 1 on one side of a split point and 0 on the other: (the
+    compare, r, sign). The loop over v is then cut there, each half with the mask decided
+    (the dead arm of its select drops out, invariant work leaves the loop)."""
+    for e in _walk([x for _, x in outs]):
+        if e.op is Op.CMPLT and e.srcs[0].dtype == "i32" and v in _walk([e]):
+            a, b = _affine_in(e.srcs[0], v), _affine_in(e.srcs[1], v)
+            if a is not None and b is not None and a[0] - b[0] in (1, -1):
+                return e, a[1] + b[1] * -1, a[0] - b[0]
+    return None
+
+
+def _decide(outs, cmp: KExpr, value: float):
+    memo = {}
+
+    def sub(e):
+        if e is cmp or e == cmp:
+            return const(value, "f32")
+        if e not in memo:
+            srcs = tuple(sub(x) for x in e.srcs)
+            memo[e] = e if srcs == e.srcs else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
+        return memo[e]
+
+    return [(t, sub(e)) for t, e in outs]
+
+
 def _unit_stride_in(e: KExpr, var: KExpr) -> bool:
     """Does some load's index move by one element per step of `var`?"""
     for x in _walk([e]):
@@ -554,13 +598,27 @@ class ModuleGen:
                         for (t, _), v in zip(pouts, vals):
                             b.store(b.trunc(v, I32) if v.type == I64 else v, b.gep(ptrs[t], [at], inbounds=True))
             return
+        split = _compare_split(j, outs)
         with loop(b, rows, name="row") as r:
-            with loop(b, L, name="j") as jj:
-                g = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj})
-                vals = [g(e) for _, e in outs]  # every value first: an output may alias an input in place
-                at = _flags(b.add(b.mul(r, _c64(L)), jj), "nuw", "nsw")
-                for (t, _), v in zip(outs, vals):
-                    b.store(b.trunc(v, I32) if v.type == I64 else v, b.gep(ptrs[t], [at], inbounds=True))
+            for h, (lo, hi, houts) in enumerate(self._halves(b, split, outs, L, ptrs, layout, {row: r})):
+                with loop(b, hi, start=lo, name=f"j{h}_") as jj:
+                    g = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj})
+                    vals = [g(e) for _, e in houts]  # every value first: an output may alias an input in place
+                    at_ = _flags(b.add(b.mul(r, _c64(L)), jj), "nuw", "nsw")
+                    for (t, _), v in zip(houts, vals):
+                        b.store(b.trunc(v, I32) if v.type == I64 else v, b.gep(ptrs[t], [at_], inbounds=True))
+
+    def _halves(self, b, split, what, n: int, ptrs, layout, sym):
+        """The loop [0, n) as [(lo, hi, what)]: cut in two at a _compare_split's point, the
+        compare decided in each half (`what` is a KExpr or a kernel's outputs)."""
+        if split is None:
+            return [(_c64(0), _c64(n), what)]
+        cmp, rest, sign = split
+        at = ExprGen(b, self.lib, ptrs, layout, sym)(rest)  # true for v < -rest (sign 1), v > rest (-1)
+        at = _min(b, _max(b, b.sub(_c64(0), at) if sign == 1 else b.add(at, _c64(1)), _c64(0)), _c64(n))
+        decide = (lambda v: _decide(what, cmp, v)) if isinstance(what, list) else (lambda v: _decide([(None, what)], cmp, v)[0][1])
+        first = 1.0 if sign == 1 else 0.0
+        return [(_c64(0), at, decide(first)), (at, _c64(n), decide(1.0 - first))]
 
     def _reduce(self, b, k, ptrs, layout):
         rows, L, row, j, ((t, e),) = _split_gid(k)
@@ -588,12 +646,14 @@ class ModuleGen:
             return
         # contiguous (or scalar) reduction: one accumulator per output, vectorized over ridx
         acc = b.alloca(F32)
+        split = _compare_split(rid, [(t, e)])
         with loop(b, rows, name="row") as r:
             with loop(b, L, name="j") as jj:
                 b.store(init, acc)
-                with loop(b, k.reduce_len, name="r") as ri:
-                    v = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj, rid: ri})(e)
-                    b.store(combine(b.load(acc), v), acc)
+                for h, (lo, hi, he) in enumerate(self._halves(b, split, e, k.reduce_len, ptrs, layout, {row: r, j: jj})):
+                    with loop(b, hi, start=lo, name=f"r{h}_") as ri:
+                        v = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj, rid: ri})(he)
+                        b.store(combine(b.load(acc), v), acc)
                 b.store(b.load(acc), b.gep(ptrs[t], [_flags(b.add(b.mul(r, _c64(L)), jj), "nuw", "nsw")], inbounds=True))
 
     def _matmul(self, b, k, ptrs, layout):
