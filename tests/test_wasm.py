@@ -220,6 +220,17 @@ def test_masks_split_their_loops(tmp_path, m, n, c):
     run_graph(tmp_path, outs, {"x": rnd((m, n))})
 
 
+@HYP
+@given(v=st.integers(1, 40), d=st.integers(1, 20), n=st.integers(1, 60), seed=st.integers(0, 99))
+def test_onehot_matmul_scatters(tmp_path, v, d, n, seed):
+    """An embedding's gradient, onehot(idx)^T @ g, runs as a scatter without the one-hot
+    tensor; indices outside [0, v) select nothing, as in the one-hot."""
+    idx, g = b.input("idx", (n,), "i32"), b.input("g", (n, d))
+    ids = np.random.default_rng(seed).integers(-1, v + 1, n).astype(np.int32)
+    s, _ = run_graph(tmp_path, {"dt": b.matmul(b.transpose(b.onehot(idx, v)), g)}, {"idx": ids, "g": rnd((n, d))})
+    assert [k.a_onehot for k in s.kernels] == ["idx"]
+
+
 def test_matmul_large_blocks(tmp_path):
     """Sizes past one KC x NC block and MC rows: the accumulate path and every edge."""
     m, n, k = 131, 2051, 517

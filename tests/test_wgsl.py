@@ -213,6 +213,30 @@ def test_matmul_tiles_strided_views(gpu, name, prefetch, monkeypatch):
 
 
 @pytest.mark.gpu
+@FEW
+@given(v=st.integers(1, 70), d=st.integers(1, 40), n=st.integers(1, 90), seed=st.integers(0, 99))
+def test_onehot_matmul(gpu, v, d, n, seed):
+    """onehot(idx)^T @ g with the one-hot computed in the tile loader, never stored."""
+    rng = np.random.default_rng(seed)
+    idx, g = b.input("idx", (n,), "i32"), b.input("g", (n, d))
+    s = check_graph(gpu, {"dt": b.matmul(b.transpose(b.onehot(idx, v)), g)},
+                    {"idx": rng.integers(-1, v + 1, n).astype(np.int32), "g": rand(rng, (n, d))})  # fmt: skip
+    assert [k.a_onehot for k in s.kernels] == ["idx"]
+
+
+@pytest.mark.gpu
+@FEW
+@given(m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 70), c=st.integers(-20, 20))
+def test_banded_matmuls(gpu, m, n, k, c):
+    """Matmuls carrying a Band (tgc/ir/structure.py) stay right where they are read."""
+    from test_wasm import banded_matmuls
+
+    outs, env = banded_matmuls(m, n, k, c)
+    s = check_graph(gpu, outs, env, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    assert all(kk.band for kk in s.kernels if kk.kind == "matmul")
+
+
+@pytest.mark.gpu
 def test_embedding_gather_and_cache_write(gpu):
     rng = np.random.default_rng(6)
     table = b.input("table", (50, 24))

@@ -657,6 +657,8 @@ class ModuleGen:
                 b.store(b.load(acc), b.gep(ptrs[t], [_flags(b.add(b.mul(r, _c64(L)), jj), "nuw", "nsw")], inbounds=True))
 
     def _matmul(self, b, k, ptrs, layout):
+        if k.a_onehot is not None:
+            return self._onehot_matmul(b, k, ptrs)
         mm = self.matmul_fn()
         a, bv = k.a, k.b
         nb = math.prod(k.batch)
@@ -677,6 +679,23 @@ class ModuleGen:
             pc = b.gep(ptrs[k.out], [b.mul(bi, _c64(k.M * k.N))], inbounds=True)
             b.call(mm, [pa, pb, pc] + [_c64(v) for v in (k.M, k.N, k.K, a.strides[-2], a.strides[-1], bv.strides[-2], bv.strides[-1])]
                    + [_c64(v) for v in _band_args(k.band)])  # fmt: skip
+
+    def _onehot_matmul(self, b, k, ptrs):
+        """C = onehot(idx)^T @ B as the scatter it is: C = 0, then row idx[k] of C += row k of
+        B for k in order (indices outside [0, M) select nothing, as in the one-hot)."""
+        C, Bp, idx = ptrs[k.out], ptrs[k.b.tensor], ptrs[k.a_onehot]
+        sbk, sbn = k.b.strides
+        with loop(b, k.M * k.N, name="z") as z:
+            b.store(_cf(0.0), b.gep(C, [z], inbounds=True))
+        with loop(b, k.K, name="k") as kk:
+            v = b.sext(b.load(b.gep(idx, [kk], inbounds=True)), I64)
+            with b.if_then(b.and_(b.icmp_signed(">=", v, _c64(0)), b.icmp_signed("<", v, _c64(k.M)))):
+                row = b.gep(C, [b.mul(v, _c64(k.N))], inbounds=True)
+                src = b.gep(Bp, [_c64(k.b.offset)], inbounds=True)
+                with loop(b, k.N, name="n") as nn:
+                    p = b.gep(row, [nn], inbounds=True)
+                    x = b.load(b.gep(src, [b.add(b.mul(kk, _c64(sbk)), b.mul(nn, _c64(sbn)))], inbounds=True))
+                    b.store(b.fadd(b.load(p), x), p)
 
     # ---- the shared matmul: C[M, N] (row stride N) = A (strides sam, sak) @ B (strides sbk, sbn),
     # each micro-tile over the k range its Band allows (_band_args: no band, the whole range)

@@ -475,8 +475,8 @@ def choose_tile(M: int, N: int, batch: int, K: int = 0) -> Tile:
 
 
 def _tile_load(name: str, sm: str, outer: int, BK: int, threads: int, base: str, s_out: int, s_k: int,
-               lim_out: int, lim_k: int, guard_out: bool, guard_k: bool, buf: str, kvar: str = "k0"
-               ) -> tuple[list[str], list[str], list[str]]:
+               lim_out: int, lim_k: int, guard_out: bool, guard_k: bool, buf: str, kvar: str = "k0",
+               onehot: bool = False) -> tuple[list[str], list[str], list[str]]:
     """Copy a BK x outer slice into `sm` (k-major vec4s of 4 consecutive outer indices)
     with whole-vec4 stores; threads run along whichever dimension is contiguous.
     Returns (declarations, global loads into registers at k = `kvar`, stores into `sm`)
@@ -496,6 +496,10 @@ def _tile_load(name: str, sm: str, outer: int, BK: int, threads: int, base: str,
         comps = []
         for r in range(4):
             gk = f"({kvar} + {reg}_k)"
+            if onehot:  # A[m, k] = (index[k] == m): the i32 index at `base`, nothing stored
+                ok = f"{gk} < {lim_k}" if guard_k else "true"
+                comps.append(f"select(0.0, 1.0, {ok} && bitcast<i32>({buf}[{base} + select(0, {gk}, {ok})]) == {reg}_o + {r})")
+                continue
             idx = f"{base} + ({reg}_o + {r}) * {s_out} + {gk} * {s_k}"
             conds = ([f"{reg}_o + {r} < {lim_out}"] if guard_out else []) + ([f"{gk} < {lim_k}"] if guard_k else [])
             if conds:
@@ -514,11 +518,12 @@ def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tup
     t = tile or choose_tile(M, N, nb, K)
     a, b = k.a, k.b
     nd = len(k.batch)
-    sam, sak = a.strides[nd], a.strides[nd + 1]
+    onehot = a is None  # A from an index tensor (Kernel.a_onehot); no batch then
+    sam, sak = (0, 0) if onehot else (a.strides[nd], a.strides[nd + 1])
     sbk, sbn = b.strides[nd], b.strides[nd + 1]
     # batch offsets: unflatten wid.z over the batch dims
     pre = ["let bz = i32(wid.z);"]
-    a_off = [str(layout.element_offset(a.tensor) + a.offset)]
+    a_off = [str(layout.element_offset(k.a_onehot) if onehot else layout.element_offset(a.tensor) + a.offset)]
     b_off = [str(layout.element_offset(b.tensor) + b.offset)]
     rest = "bz"
     for d in reversed(range(nd)):
@@ -531,10 +536,10 @@ def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tup
     pre.append(f"let cbase = {layout.element_offset(k.out)} + bz * {M * N};")
     KT = t.BK * t.S  # k depth of one slice in workgroup memory
     gm, gn, gk = M % t.BM != 0, N % t.BN != 0, K % KT != 0
-    bufa, bufb = buf_var[layout.places[a.tensor][0]], buf_var[layout.places[b.tensor][0]]
+    bufa, bufb = buf_var[layout.places[k.a_onehot if onehot else a.tensor][0]], buf_var[layout.places[b.tensor][0]]
     prefetch = OPTIONS["prefetch"]
     kv = "kn" if prefetch else "k0"
-    da, la, sa_ = _tile_load("m", "As", t.BM, KT, t.threads, "abase", sam, sak, M, K, gm, gk, bufa, kv)
+    da, la, sa_ = _tile_load("m", "As", t.BM, KT, t.threads, "abase", sam, sak, M, K, gm, gk, bufa, kv, onehot)
     db, lb, sb_ = _tile_load("n", "Bs", t.BN, KT, t.threads, "bbase", sbn, sbk, N, K, gn, gk, bufb, kv)
     qa, qb = t.BM // 4, t.BN // 4
     # acc c_i_r_j: row quadrant i, row r within it, column quadrant j (a vec4 of 4 columns)
@@ -553,22 +558,34 @@ def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tup
         step.append("}")
     ind = "\n  "
     ind4 = ind + "  "
+    # the k range this tile needs (kernel.Band): aligned down to a slice, empty for a dead tile
+    krange = ["let klo = 0;", f"let khi = {K};"]
+    bd = k.band
+    if bd is not None:
+        lo = ["0"] + [f"{v} + {off}" for v, off in (("m0", bd.k_from_m), ("n0", bd.k_from_n)) if off is not None]
+        hi = [str(K)] + [f"{v} + {off}" for v, off in ((f"min(m0 + {t.BM}, {M}) - 1", bd.k_to_m), (f"min(n0 + {t.BN}, {N}) - 1", bd.k_to_n)) if off is not None]
+        dead = ([f"n0 > min(m0 + {t.BM}, {M}) - 1 + {bd.dead_above}"] if bd.dead_above is not None else []) + (
+            [f"min(n0 + {t.BN}, {N}) - 1 < m0 + {bd.dead_below}"] if bd.dead_below is not None else [])
+        mx = lambda xs: xs[0] if len(xs) == 1 else f"max({xs[0]}, {mx(xs[1:])})"
+        mn = lambda xs: xs[0] if len(xs) == 1 else f"min({xs[0]}, {mn(xs[1:])})"
+        khi = f"select({mn(hi)}, 0, {' || '.join(dead)})" if dead else mn(hi)
+        krange = [f"let khi = {khi};", f"let klo = min(({mx(lo)}) / {KT} * {KT}, max(khi, 0));"]
     if prefetch:
-        loop = f"""{{ let kn = 0;
+        loop = f"""if (klo < khi) {{ let kn = klo;
     {ind4.join(la + lb)}
   }}
-  for (var k0: i32 = 0; k0 < {K}; k0 += {KT}) {{
+  for (var k0: i32 = klo; k0 < khi; k0 += {KT}) {{
     workgroupBarrier();
     {ind4.join(sa_ + sb_)}
     workgroupBarrier();
-    if (k0 + {KT} < {K}) {{
+    if (k0 + {KT} < khi) {{
       let kn = k0 + {KT};
       {(ind4 + '  ').join(la + lb)}
     }}
     {ind4.join(step)}
   }}"""
     else:
-        loop = f"""for (var k0: i32 = 0; k0 < {K}; k0 += {KT}) {{
+        loop = f"""for (var k0: i32 = klo; k0 < khi; k0 += {KT}) {{
     workgroupBarrier();
     {ind4.join(la + lb)}
     {ind4.join(sa_ + sb_)}
@@ -626,6 +643,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
   {ind.join(pre)}
   {ind.join(decl)}
   {ind.join(da + db)}
+  {ind.join(krange)}
   {loop}
   {ind.join(combine)}
   {ind.join(store)}

@@ -292,11 +292,12 @@ class Kernel:
     N: int = 0
     K: int = 0
     band: Band | None = None  # triangular structure the matmul may skip
+    a_onehot: str | None = None  # A[m, k] = (this i32 tensor[k] == m), never stored (a is None)
 
     def loads(self) -> set[str]:
         out = {e.arg for e in walk(e for _, e in self.outputs) if e.op is Op.LOAD}
         if self.kind == "matmul":
-            out |= {self.a.tensor, self.b.tensor}
+            out |= {self.a_onehot if self.a is None else self.a.tensor, self.b.tensor}
         return out
 
     def writes(self) -> list[str]:
@@ -334,7 +335,7 @@ def format_kernel(k: Kernel) -> str:
     if k.kind == "matmul":
         return (
             f"kernel {k.name} matmul batch={list(k.batch)} M={k.M} N={k.N} K={k.K}\n"
-            f"  A = {k.a}\n  B = {k.b}\n  {k.out}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]\n"
+            f"  A = {k.a if k.a is not None else f'onehot({k.a_onehot})[k] == m'}\n  B = {k.b}\n  {k.out}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]\n"
             + (f"  {k.band}\n" if k.band is not None else "")
         )
     head = f"kernel {k.name} {k.kind} gid < {k.size}"

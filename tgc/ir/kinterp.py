@@ -55,7 +55,8 @@ def run_kernel(k: Kernel, mem: dict, uniforms: dict) -> None:
         def view(v):
             flat = mem[v.tensor]
             return np.lib.stride_tricks.as_strided(flat[v.offset:], v.shape, [s * flat.itemsize for s in v.strides])
-        out = np.matmul(view(k.a), view(k.b))
+        a = view(k.a) if k.a is not None else (mem[k.a_onehot][None, :] == np.arange(k.M)[:, None]).astype(np.float32)
+        out = np.matmul(a, view(k.b))
         mem[k.out][...] = out.reshape(-1)
         return
     gid = np.arange(k.size, dtype=np.int64)

@@ -117,11 +117,28 @@ def _view_chain(n: Node, is_mat) -> tuple[Node, tuple, tuple, int] | Node:
     return x, shape, strides, offset
 
 
+def _onehot_index(n: Node) -> Node | None:
+    """For a 2-D matmul whose A is onehot(x, M) transposed (A[m, k] = x[k] == m, the form of
+    an embedding's gradient, tgc/ir/rules.py _g_embed), the i32 node x; else None."""
+    a = n.srcs[0]
+    if n.ndim != 2 or a.op is not Op.PERMUTE or tuple(a.arg) != (1, 0):
+        return None
+    eq = a.srcs[0]
+    if eq.op is not Op.CMPEQ:
+        return None
+    for x, io in (eq.srcs, eq.srcs[::-1]):
+        if io.op is Op.IOTA and io.arg["axis"] == 1 and x.dtype == "i32":
+            x = x.srcs[0] if x.op is Op.EXPAND else x  # (gone when M == 1)
+            if x.shape == (eq.shape[0], 1):
+                return x.srcs[0] if x.op is Op.RESHAPE else x
+    return None
+
+
 SHARED_COST = 6
 MAX_COST = 48
 # rough cost of one evaluation relative to an add; transcendental functions are
 # polynomial evaluations on every target (wasm has no such instructions at all)
-OP_COST = {Op.ERF: 12, Op.TANH: 4, Op.EXP: 8}
+OP_COST = {Op.ERF: 12, Op.TANH: 4, Op.EXP: 8, Op.EMBED: 8}
 
 
 class Scheduler:
@@ -174,10 +191,14 @@ class Scheduler:
                 mat.add(n)
                 c = 0
             cost[n] = c
-        # matmul operands must be strided views of tensors
+        # matmul operands must be strided views of tensors, but for a one-hot A (an embedding's
+        # gradient), which the kernel computes from the indices
         for n in self.order:
             if n.op is Op.MATMUL:
-                for s in n.srcs:
+                ix = _onehot_index(n)
+                if ix is not None and not self.is_mat(ix):
+                    mat.add(ix)
+                for s in n.srcs[1:] if ix is not None else n.srcs:
                     r = _view_chain(s, self.is_mat)
                     if isinstance(r, Node):
                         mat.add(r if r.op not in GroupOp.Movement or r.op in (Op.PAD, Op.DSLICE) else s)
@@ -303,6 +324,9 @@ class Scheduler:
         return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
 
     def kernel_for(self, n: Node, out: str, kname: str) -> Kernel:
+        if n.op is Op.MATMUL and _onehot_index(n) is not None:
+            return Kernel(kname, "matmul", n.size, a_onehot=self.names[_onehot_index(n)], b=self.view(n.srcs[1]), out=out,
+                          M=n.shape[0], N=n.shape[1], K=n.srcs[0].shape[1])  # fmt: skip
         if n.op is Op.MATMUL:
             a, b = (self.view(s) for s in n.srcs)
             band = Band.of(self.zero.get(n.srcs[0]), self.zero.get(n.srcs[1]), self.dead.get(n))
@@ -462,9 +486,10 @@ def _rename_tensors(kernels: list[Kernel], renames: dict[str, str]) -> None:
         k.outputs = [(renames.get(t, t), ren(e)) for t, e in k.outputs]
         if k.kind == "matmul":
             k.out = renames.get(k.out, k.out)
+            k.a_onehot = renames.get(k.a_onehot, k.a_onehot)
             for attr in ("a", "b"):
                 v = getattr(k, attr)
-                if v.tensor in renames:
+                if v is not None and v.tensor in renames:
                     setattr(k, attr, View(renames[v.tensor], v.shape, v.strides, v.offset))
 
 
