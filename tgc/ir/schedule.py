@@ -154,6 +154,7 @@ class Scheduler:
         self.names: dict[Node, str] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.zero, self.dead = analyze(self.order, self.roots)
+        self._index_memo: dict[Node, bool] = {}
 
     # ------------------------------------------------------------ what to materialize
 
@@ -169,6 +170,20 @@ class Scheduler:
         if n.op in GroupOp.Elementwise or n.op in GroupOp.Movement:
             return all(self._scalar_uniform_expr(s) for s in n.srcs)
         return False
+
+    def _index_expr(self, n: Node) -> bool:
+        """i32 values of iotas, constants and uniforms only (positions): readers recompute
+        them, which keeps their loads affine, even where a kernel needs them stored."""
+        hit = self._index_memo.get(n)
+        if hit is None:
+            if n.dtype != "i32" or n.op is Op.INPUT:
+                hit = False
+            elif n.op in (Op.IOTA, Op.CONST, Op.UNIFORM):
+                hit = True
+            else:
+                hit = (n.op in GroupOp.Elementwise or n.op in GroupOp.Movement - {Op.DSLICE}) and all(self._index_expr(s) for s in n.srcs)
+            self._index_memo[n] = hit
+        return hit
 
     def choose(self):
         mat = self.mat
@@ -217,7 +232,7 @@ class Scheduler:
         return e
 
     def _emit(self, n: Node, idx, root) -> KExpr:
-        if not root and self.is_mat(n):
+        if not root and self.is_mat(n) and not self._index_expr(n):
             return K.load(self.names[n], K.flatten(idx, n.shape), n.dtype, n.size)
         op = n.op
         if op is Op.INPUT:
