@@ -343,17 +343,17 @@ def test_matmul_bands_hold_in_every_program(tiny):
                     continue
                 banded += name == "train_step" and not garbage
                 az, bz, dead = k.band.masks(k.M, k.N, k.K)
-                view = lambda v: np.lib.stride_tricks.as_strided(mem[v.tensor][v.offset:], v.shape, [s * 4 for s in v.strides])
-                assert not view(k.a)[..., az].any() and not view(k.b)[..., bz].any(), f"{name}.{k.name}: {k.band} operands not zero"
+                a, bm = (np.lib.stride_tricks.as_strided(mem[v.tensor][v.offset:], v.shape, [s * 4 for s in v.strides]) for v in (k.a, k.b))
+                assert not a[..., az].any() and not bm[..., bz].any(), f"{name}.{k.name}: {k.band} operands not zero"
                 if garbage:
                     out = mem[k.out].reshape(*k.batch, k.M, k.N)
                     out[..., dead] = rng.normal(size=out[..., dead].shape) * 1e3
             results.append(({o: mem[t].copy() for o, t in sched.outputs.items()}, {s: mem[t].copy() for s, t in sched.updates.items()}))
         (o0, u0), (o1, u1) = results
-        for key in o0:
-            assert np.array_equal(o0[key], o1[key]), f"{name}.{key} reads a dead matmul output"
-        for key in u0:
-            assert np.array_equal(u0[key], u1[key]), f"{name} update {key} reads a dead matmul output"
+        for key, v in o0.items():
+            assert np.array_equal(v, o1[key]), f"{name}.{key} reads a dead matmul output"
+        for key, v in u0.items():
+            assert np.array_equal(v, u1[key]), f"{name} update {key} reads a dead matmul output"
     assert banded == 6 * tiny.config["layers"], banded  # train_step: all six attention matmuls of every layer
 
 

@@ -132,9 +132,7 @@ def analyze(order: list[Node], roots) -> tuple[dict[Node, Region], dict[Node, Re
                 z = zero[s[1]]
         elif n.op is Op.MUL:
             z = union(zero.get(s[0]), zero.get(s[1]))
-        elif n.op in (Op.DIV, Op.NEG):
-            z = zero.get(s[0])
-        elif n.op in (Op.RESHAPE, Op.EXPAND) and _keeps_last2(n) or _permute_keeps(n):
+        elif n.op in (Op.DIV, Op.NEG) or n.op in (Op.RESHAPE, Op.EXPAND) and _keeps_last2(n) or _permute_keeps(n):
             z = zero.get(s[0])
         elif _swaps_last2(n) and s[0] in zero:
             z = transpose(zero[s[0]])
