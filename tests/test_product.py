@@ -398,6 +398,18 @@ def test_save_rejects_vocab_mismatch(tmp_path):
         save_checkpoint(tmp_path / "x", random_params({**TINY, "vocab": 300}), {**TINY, "vocab": 300}, byte_tokenizer())
 
 
+def test_artifact_cache_key_covers_the_compiler(monkeypatch):
+    """A cached artifact is reused only by the same compiler code: an upgrade (even an
+    editable install under the same version) recompiles instead of running stale code."""
+    import tgc.runtime as tr
+
+    key = tr.artifact_key("src", "small", {"batch": 16})
+    assert key == tr.artifact_key("src", "small", {"batch": 16})
+    assert len(tr.compiler_fingerprint()) == 16
+    monkeypatch.setattr(tr, "compiler_fingerprint", lambda: "another compiler")
+    assert tr.artifact_key("src", "small", {"batch": 16}) != key
+
+
 def test_open_runtime_errors(tmp_path, ckpt):
     with pytest.raises(TgcError, match="no manifest"):
         open_runtime(tmp_path)

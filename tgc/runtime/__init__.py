@@ -129,11 +129,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("TGC_CACHE_DIR") or Path.home() / ".cache" / "tgc")
 
 
+@functools.cache
+def compiler_fingerprint() -> str:
+    """A hash of tgc's own code (every .py and .lark file of the package): an artifact
+    compiled by other code is never reused, even under the same version number (an
+    editable install changes without one)."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".lark") and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def artifact_key(source: str, preset: str, overrides: dict) -> str:
     from tgc import __version__
 
     h = hashlib.sha256()
-    for part in (source, preset, json.dumps(overrides, sort_keys=True), __version__):
+    for part in (source, preset, json.dumps(overrides, sort_keys=True), __version__, compiler_fingerprint()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
