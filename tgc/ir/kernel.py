@@ -256,24 +256,6 @@ class Band:
         dead = (n > m + none(self.dead_above, big)) | (n < m + none(self.dead_below, -big))
         return a_zero, b_zero, dead
 
-    def k_range(self, m0: int, m1: int, n0: int, n1: int, K: int) -> tuple[int, int]:
-        """The k range that can contribute to the tile [m0, m1) x [n0, n1); empty when the
-        whole tile is dead."""
-        if (self.dead_above is not None and n0 > m1 - 1 + self.dead_above) or (
-            self.dead_below is not None and n1 - 1 < m0 + self.dead_below
-        ):
-            return 0, 0
-        lo, hi = 0, K
-        if self.k_from_m is not None:
-            lo = max(lo, m0 + self.k_from_m)
-        if self.k_from_n is not None:
-            lo = max(lo, n0 + self.k_from_n)
-        if self.k_to_m is not None:
-            hi = min(hi, m1 - 1 + self.k_to_m)
-        if self.k_to_n is not None:
-            hi = min(hi, n1 - 1 + self.k_to_n)
-        return lo, max(lo, hi)
-
 
 @dataclass
 class Kernel:

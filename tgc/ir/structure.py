@@ -9,8 +9,8 @@ part above a diagonal; lower = False is {j < i + c}, the part below one.
 - zero(x): x is 0 in the region. Exact zeros come from `where(mask, a, 0)` with a mask
   that is an affine comparison of the two axes' iotas; products and quotients with a
   zero numerator keep them, and so do movements that keep or swap the last two axes.
-  (0 * x is taken as 0, as a BLAS that skips known zeros does; it differs only where x
-  is inf or NaN.)
+  (0 * x and 0 / x are taken as 0, as a BLAS that skips known zeros does; they differ
+  only where x is inf, NaN or, for the quotient, 0.)
 - dead(x): no reader of x looks at the region: `where` ignores the arm it does not
   select, a product ignores its other factor where one factor is zero, and an
   elementwise op or a movement passes its own dead region on to its source. Program
