@@ -397,66 +397,87 @@ class _Unresolved(Exception):
     pass
 
 
+class _AffineIn:
+    """Affine forms (`_Aff`) of i32 index expressions in the loop index j over
+    j in [j0, j0 + P): IDIV/MOD/MIN/MAX of j resolve where they do not switch on that
+    range (P None: unknown range, so they never do). Raises _Unresolved otherwise."""
+
+    def __init__(self, j: KExpr, j0: int = 0, P: int | None = None):
+        self.j, self.j0, self.P = j, j0, P
+        self.dep, self.memo = {}, {}
+
+    def has_j(self, e) -> bool:
+        if e not in self.dep:
+            self.dep[e] = e is self.j or e == self.j or any(self.has_j(s) for s in e.srcs)
+        return self.dep[e]
+
+    def _span(self, a: _Aff) -> tuple[int, int]:
+        if self.P is None:
+            raise _Unresolved
+        return tuple(sorted((a.k, a.k + a.cj * (self.P - 1))))
+
+    def __call__(self, e) -> _Aff:
+        if e in self.memo:
+            return self.memo[e]
+        op, has_j = e.op, self.has_j
+        if not has_j(e):
+            r = _Aff(k=e.arg) if op is Op.CONST else _Aff({e: 1})
+        elif e == self.j:
+            r = _Aff(cj=1, k=self.j0)
+        elif op is Op.ADD:
+            r = self(e.srcs[0]) + self(e.srcs[1])
+        elif op is Op.SUB:
+            r = self(e.srcs[0]) + self(e.srcs[1]).scale(-1)
+        elif op is Op.NEG:
+            r = self(e.srcs[0]).scale(-1)
+        elif op is Op.MUL and not has_j(e.srcs[1]) and e.srcs[1].op is Op.CONST:
+            r = self(e.srcs[0]).scale(e.srcs[1].arg)
+        elif op is Op.MUL and not has_j(e.srcs[0]) and e.srcs[0].op is Op.CONST:
+            r = self(e.srcs[1]).scale(e.srcs[0].arg)
+        elif op in (Op.IDIV, Op.MOD) and e.srcs[1].op is Op.CONST:
+            a, d = self(e.srcs[0]), e.srcs[1].arg
+            lo, hi = self._span(a)
+            if d <= 0 or lo // d != hi // d or any((c * _mult(t)) % d for t, c in a.terms.items()):
+                raise _Unresolved
+            q = lo // d
+            if op is Op.IDIV:
+                r = _Aff({_to_expr(_Aff(a.terms)) // d: 1} if a.terms else {}, 0, q)  # the terms are a multiple of d
+            else:
+                r = _Aff({}, a.cj, a.k - q * d)
+        elif op in (Op.MAX, Op.MIN):
+            d = self(e.srcs[0]) + self(e.srcs[1]).scale(-1)
+            if d.terms:
+                raise _Unresolved
+            lo, hi = self._span(d)
+            if lo >= 0 or hi <= 0:
+                first = (lo >= 0) == (op is Op.MAX)
+                r = self(e.srcs[0] if first else e.srcs[1])
+            else:
+                raise _Unresolved
+        else:
+            raise _Unresolved
+        self.memo[e] = r
+        return r
+
+
+def _to_expr(a: _Aff, jj: KExpr | None = None) -> KExpr:
+    """The expression of an affine form, with jj for the loop index (unused when cj is 0)."""
+    x = const(a.k)
+    for t, c in sorted(a.terms.items(), key=lambda tc: str(tc[0])):
+        x = t * c + x
+    return x + jj * a.cj if a.cj else x
+
+
 def _piece(outs, j: KExpr, j0: int, P: int):
     """outs with j = j0 + jj, jj in [0, P): every IDIV/MOD/MIN/MAX of j resolved to affine
     index math in jj (and compares against j decided), so loads are unit-stride in jj.
     Raises _Unresolved when some index op does not resolve on this piece."""
     jj = KExpr(Op.GIDX, "i32", (), "jj", 0, P - 1)
-    dep, memo, amemo = {}, {}, {}
-
-    def has_j(e):
-        if e not in dep:
-            dep[e] = e is j or e == j or any(has_j(s) for s in e.srcs)
-        return dep[e]
-
-    def aff(e) -> _Aff:
-        if e in amemo:
-            return amemo[e]
-        op = e.op
-        if not has_j(e):
-            r = _Aff(k=e.arg) if op is Op.CONST else _Aff({e: 1})
-        elif e == j:
-            r = _Aff(cj=1, k=j0)
-        elif op is Op.ADD:
-            r = aff(e.srcs[0]) + aff(e.srcs[1])
-        elif op is Op.SUB:
-            r = aff(e.srcs[0]) + aff(e.srcs[1]).scale(-1)
-        elif op is Op.NEG:
-            r = aff(e.srcs[0]).scale(-1)
-        elif op is Op.MUL and not has_j(e.srcs[1]) and e.srcs[1].op is Op.CONST:
-            r = aff(e.srcs[0]).scale(e.srcs[1].arg)
-        elif op is Op.MUL and not has_j(e.srcs[0]) and e.srcs[0].op is Op.CONST:
-            r = aff(e.srcs[1]).scale(e.srcs[0].arg)
-        elif op in (Op.IDIV, Op.MOD) and e.srcs[1].op is Op.CONST:
-            a, d = aff(e.srcs[0]), e.srcs[1].arg
-            lo, hi = sorted((a.k, a.k + a.cj * (P - 1)))
-            if d <= 0 or lo // d != hi // d or any((c * _mult(t)) % d for t, c in a.terms.items()):
-                raise _Unresolved
-            q = lo // d
-            if op is Op.IDIV:
-                r = _Aff({to_expr(_Aff(a.terms)) // d: 1} if a.terms else {}, 0, q)  # the terms are a multiple of d
-            else:
-                r = _Aff({}, a.cj, a.k - q * d)
-        elif op in (Op.MAX, Op.MIN):
-            d = aff(e.srcs[0]) + aff(e.srcs[1]).scale(-1)
-            if d.terms:
-                raise _Unresolved
-            lo, hi = sorted((d.k, d.k + d.cj * (P - 1)))
-            if lo >= 0 or hi <= 0:
-                first = (lo >= 0) == (op is Op.MAX)
-                r = aff(e.srcs[0] if first else e.srcs[1])
-            else:
-                raise _Unresolved
-        else:
-            raise _Unresolved
-        amemo[e] = r
-        return r
+    aff, memo = _AffineIn(j, j0, P), {}
+    has_j = aff.has_j
 
     def to_expr(a: _Aff) -> KExpr:
-        x = const(a.k)
-        for t, c in sorted(a.terms.items(), key=lambda tc: str(tc[0])):
-            x = t * c + x
-        return x + jj * a.cj if a.cj else x
+        return _to_expr(a, jj)
 
     def sub(e):
         if e in memo:
@@ -500,33 +521,20 @@ def _split_pieces(L: int, j: KExpr, outs):
     return None
 
 
-def _affine_in(e: KExpr, v: KExpr):
-    """e = c * v + rest with rest free of v: (c, rest), or None."""
-    if e == v:
-        return 1, const(0)
-    if v not in _walk([e]):
-        return 0, e
-    if e.op in (Op.ADD, Op.SUB):
-        a, b = _affine_in(e.srcs[0], v), _affine_in(e.srcs[1], v)
-        if a is None or b is None:
-            return None
-        return (a[0] + b[0], a[1] + b[1]) if e.op is Op.ADD else (a[0] - b[0], a[1] + b[1] * -1)
-    if e.op is Op.MUL and e.srcs[1].op is Op.CONST:
-        a = _affine_in(e.srcs[0], v)
-        return None if a is None else (a[0] * e.srcs[1].arg, a[1] * e.srcs[1].arg)
-    return None
-
-
 def _compare_split(v: KExpr, outs):
     """A mask `x < y` with x - y = +-v + r (r free of the loop index v, like the causal
     mask's key <= query) is 1 on one side of a split point and 0 on the other: (the
     compare, r, sign). The loop over v is then cut there, each half with the mask decided
     (the dead arm of its select drops out, invariant work leaves the loop)."""
+    aff = _AffineIn(v)
     for e in _walk([x for _, x in outs]):
-        if e.op is Op.CMPLT and e.srcs[0].dtype == "i32" and v in _walk([e]):
-            a, b = _affine_in(e.srcs[0], v), _affine_in(e.srcs[1], v)
-            if a is not None and b is not None and a[0] - b[0] in (1, -1):
-                return e, a[1] + b[1] * -1, a[0] - b[0]
+        if e.op is Op.CMPLT and e.srcs[0].dtype == "i32" and aff.has_j(e):
+            try:
+                d = aff(e.srcs[0]) + aff(e.srcs[1]).scale(-1)
+            except _Unresolved:
+                continue
+            if d.cj in (1, -1):
+                return e, _to_expr(_Aff(d.terms, 0, d.k)), d.cj
     return None
 
 
@@ -608,17 +616,16 @@ class ModuleGen:
                     for (t, _), v in zip(houts, vals):
                         b.store(b.trunc(v, I32) if v.type == I64 else v, b.gep(ptrs[t], [at_], inbounds=True))
 
-    def _halves(self, b, split, what, n: int, ptrs, layout, sym):
-        """The loop [0, n) as [(lo, hi, what)]: cut in two at a _compare_split's point, the
-        compare decided in each half (`what` is a KExpr or a kernel's outputs)."""
+    def _halves(self, b, split, outs, n: int, ptrs, layout, sym):
+        """The loop [0, n) as [(lo, hi, outs)]: cut in two at a _compare_split's point, the
+        compare decided in each half."""
         if split is None:
-            return [(_c64(0), _c64(n), what)]
+            return [(_c64(0), _c64(n), outs)]
         cmp, rest, sign = split
         at = ExprGen(b, self.lib, ptrs, layout, sym)(rest)  # true for v < -rest (sign 1), v > rest (-1)
         at = _min(b, _max(b, b.sub(_c64(0), at) if sign == 1 else b.add(at, _c64(1)), _c64(0)), _c64(n))
-        decide = (lambda v: _decide(what, cmp, v)) if isinstance(what, list) else (lambda v: _decide([(None, what)], cmp, v)[0][1])
         first = 1.0 if sign == 1 else 0.0
-        return [(_c64(0), at, decide(first)), (at, _c64(n), decide(1.0 - first))]
+        return [(_c64(0), at, _decide(outs, cmp, first)), (at, _c64(n), _decide(outs, cmp, 1.0 - first))]
 
     def _reduce(self, b, k, ptrs, layout):
         rows, L, row, j, ((t, e),) = _split_gid(k)
@@ -650,7 +657,7 @@ class ModuleGen:
         with loop(b, rows, name="row") as r:
             with loop(b, L, name="j") as jj:
                 b.store(init, acc)
-                for h, (lo, hi, he) in enumerate(self._halves(b, split, e, k.reduce_len, ptrs, layout, {row: r, j: jj})):
+                for h, (lo, hi, ((_, he),)) in enumerate(self._halves(b, split, [(t, e)], k.reduce_len, ptrs, layout, {row: r, j: jj})):
                     with loop(b, hi, start=lo, name=f"r{h}_") as ri:
                         v = ExprGen(b, self.lib, ptrs, layout, {row: r, j: jj, rid: ri})(he)
                         b.store(combine(b.load(acc), v), acc)
@@ -687,11 +694,11 @@ class ModuleGen:
         sbk, sbn = k.b.strides
         with loop(b, k.M * k.N, name="z") as z:
             b.store(_cf(0.0), b.gep(C, [z], inbounds=True))
+        src = b.gep(Bp, [_c64(k.b.offset)], inbounds=True)
         with loop(b, k.K, name="k") as kk:
             v = b.sext(b.load(b.gep(idx, [kk], inbounds=True)), I64)
             with b.if_then(b.and_(b.icmp_signed(">=", v, _c64(0)), b.icmp_signed("<", v, _c64(k.M)))):
                 row = b.gep(C, [b.mul(v, _c64(k.N))], inbounds=True)
-                src = b.gep(Bp, [_c64(k.b.offset)], inbounds=True)
                 with loop(b, k.N, name="n") as nn:
                     p = b.gep(row, [nn], inbounds=True)
                     x = b.load(b.gep(src, [b.add(b.mul(kk, _c64(sbk)), b.mul(nn, _c64(sbn)))], inbounds=True))

@@ -339,8 +339,9 @@ class Scheduler:
         return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
 
     def kernel_for(self, n: Node, out: str, kname: str) -> Kernel:
-        if n.op is Op.MATMUL and _onehot_index(n) is not None:
-            return Kernel(kname, "matmul", n.size, a_onehot=self.names[_onehot_index(n)], b=self.view(n.srcs[1]), out=out,
+        ix = _onehot_index(n) if n.op is Op.MATMUL else None
+        if ix is not None:
+            return Kernel(kname, "matmul", n.size, a_onehot=self.names[ix], b=self.view(n.srcs[1]), out=out,
                           M=n.shape[0], N=n.shape[1], K=n.srcs[0].shape[1])  # fmt: skip
         if n.op is Op.MATMUL:
             a, b = (self.view(s) for s in n.srcs)
