@@ -100,8 +100,11 @@ def compile_model(
     overrides: dict | None = None,
     max_buffer: int = 128 << 20,
     log=None,
+    source: str | None = None,
+    filename: str | None = None,
 ) -> Compiled:
-    from tgc.frontend import load_model, parse_file
+    """Compile the model file `model_path` (or DSL text `source`, whose errors name `filename`)."""
+    from tgc.frontend import load_model, parse_file, parse_text
     from tgc.frontend.ast import format_module
 
     targets = tuple(t for t in targets if t not in ("", "none"))
@@ -111,9 +114,14 @@ def compile_model(
     t0 = time.perf_counter()
     timings = {}
     dumper = _Dumper(Path(dump) if dump else None)
-    model_path = Path(model_path) if model_path else presets.default_model_path()
-    if not model_path.exists():
-        raise TgcError(f"model file not found: {model_path}")
+    if source is None:
+        model_path = Path(model_path) if model_path else presets.default_model_path()
+        if not model_path.exists():
+            raise TgcError(f"model file not found: {model_path}")
+        module = parse_file(model_path)
+    else:
+        model_path = Path(filename or "model.tg")
+        module = parse_text(source, str(model_path))
     p = presets.get_preset(preset)
     p.update(overrides or {})
     config = presets.model_config(p)
@@ -124,8 +132,8 @@ def compile_model(
         timings[name] = time.perf_counter() - t0
 
     # parse + lower (the frontend checks names and shapes as it goes)
-    dumper("parse.ast", format_module(parse_file(model_path)))
-    model = load_model(model_path, config)
+    dumper("parse.ast", format_module(module))
+    model = load_model(module, config, filename=str(model_path))
     stage("parse+lower")
     if dumper.root is not None:
         import tgc.ir.build as b
@@ -162,6 +170,11 @@ def compile_model(
         write_artifact(compiled, Path(out), targets, dumper)
     stage("codegen+package")
     return compiled
+
+
+def compile_model_text(source: str, preset: str, overrides: dict | None = None, filename: str = "model.tg") -> Compiled:
+    """The in-memory compilation of DSL text (no code generation): what the numpy backend interprets."""
+    return compile_model(None, preset, targets=(), overrides=overrides, source=source, filename=filename)
 
 
 def _format_plan(schedules, plan: MemoryPlan) -> str:

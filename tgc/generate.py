@@ -33,7 +33,7 @@ import numpy as np
 from tgc import rng
 from tgc.checkpoint import load_checkpoint
 from tgc.errors import TgcError
-from tgc.runtime import runtime_for
+from tgc.artifacts import runtime_for
 from tgc.tokenizer import StreamDecoder
 
 

@@ -54,7 +54,7 @@ def open_targets(artifact: Path, compiled, with_interpreter: bool) -> dict:
 
     rts = {"webgpu": WebGPURuntime(artifact), "wasm": WasmRuntime(artifact)}
     if with_interpreter:
-        from tgc.runtime.reference import ReferenceRuntime
+        from tgc.reference import ReferenceRuntime
 
         rts["numpy"] = ReferenceRuntime(compiled)
     return rts

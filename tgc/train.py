@@ -30,7 +30,7 @@ from tgc import presets
 from tgc.checkpoint import CONFIG, load_checkpoint, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
-from tgc.runtime import runtime_for
+from tgc.artifacts import runtime_for
 
 DEFAULT_EVAL_BATCHES = 8
 

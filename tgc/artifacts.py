@@ -1,0 +1,129 @@
+"""The artifact cache and compile-on-demand: the product layer between the compiler and the runtimes.
+
+    d = compiled_artifact(source, preset, overrides, log=print)   # compile once, reuse after
+    rt, compiled = runtime_for(source, preset, overrides, backend="auto")
+    rt = open_artifact(d, backend)                                  # any backend, numpy included
+
+Artifacts are cached under $TGC_CACHE_DIR/artifacts/<hash of model text, preset,
+overrides, tgc version and the compiler's own code> (default ~/.cache/tgc). A compile
+writes into a temporary directory beside its final place and is renamed in when it
+succeeds; a failed compile leaves nothing behind. The runtimes (tgc/runtime/) never
+import the compiler: this module is where the two meet. The numpy backend interprets
+the compiler's IR, so it needs the in-memory compilation, which is kept here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+_COMPILED: dict = {}  # artifact key -> Compiled, for the numpy backend
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TGC_CACHE_DIR") or Path.home() / ".cache" / "tgc")
+
+
+@functools.cache
+def compiler_fingerprint() -> str:
+    """A hash of tgc's own code (every .py and .lark file of the package): an artifact
+    compiled by other code is never reused, even under the same version number (an
+    editable install changes without one)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".lark") and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def artifact_key(source: str, preset: str, overrides: dict) -> str:
+    from tgc import __version__
+
+    h = hashlib.sha256()
+    for part in (source, preset, json.dumps(overrides, sort_keys=True), __version__, compiler_fingerprint()):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None, filename: str = "model.tg") -> Path:
+    """The cached artifact directory of `source` (DSL text; errors name `filename`) for a
+    preset + overrides, compiled (both targets) if it is not there yet."""
+    from tgc.compiler import compile_model
+
+    preset = preset or "tiny"  # a checkpoint with no preset sets every field through overrides
+    d = cache_root() / "artifacts" / artifact_key(source, preset, overrides)
+    if (d / "manifest.json").exists():
+        return d
+    if log:
+        log(f"compiling {preset} {overrides} -> {d}")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = d.with_name(f"{d.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        (tmp / "model.tg").write_text(source)
+        compile_model(None, preset=preset, out=tmp, targets=("wgsl", "wasm"), overrides=overrides, source=source,
+                      filename=filename)
+        shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
+def _compiled_for(source: str, preset: str, overrides: dict, filename: str = "model.tg"):
+    """The in-memory compilation (no code generation) the numpy backend interprets."""
+    from tgc.compiler import compile_model_text
+
+    key = artifact_key(source, preset, overrides)
+    hit = _COMPILED.get(key)
+    if hit is None:
+        hit = _COMPILED[key] = compile_model_text(source, preset, overrides, filename)
+    return hit
+
+
+def reference_runtime(compiled):
+    from tgc.reference import ReferenceRuntime
+
+    return ReferenceRuntime(compiled)
+
+
+def open_artifact(artifact_dir, backend: str = "auto", compiled=None):
+    """A runtime of any backend for an artifact directory; the numpy backend recompiles the
+    artifact's model.tg (or uses `compiled`), the others only read the artifact."""
+    from tgc.runtime import choose_backend, load_manifest, open_runtime
+
+    d = Path(artifact_dir)
+    manifest = load_manifest(d)
+    if choose_backend(backend, manifest) != "numpy":
+        return open_runtime(d, backend)
+    if compiled is None:
+        m = manifest["model"]
+        src = d / "model.tg"
+        source = src.read_text() if src.exists() else _default_source()
+        compiled = _compiled_for(source, m.get("preset") or "tiny", {**m["config"], "batch": m["batch"]})
+    return reference_runtime(compiled)
+
+
+def _default_source() -> str:
+    from tgc import presets
+
+    return presets.default_model_path().read_text()
+
+
+def runtime_for(source: str, preset: str | None, overrides: dict, backend: str = "auto", log=None,
+                filename: str = "model.tg"):
+    """Compile `source` for a preset + overrides into the artifact cache (or reuse it) and
+    open a runtime on it. Returns (runtime, compiled or None)."""
+    from tgc.runtime import choose_backend, open_runtime
+
+    preset = preset or "tiny"
+    if choose_backend(backend, None) == "numpy":
+        compiled = _compiled_for(source, preset, overrides, filename)
+        return reference_runtime(compiled), compiled
+    return open_runtime(compiled_artifact(source, preset, overrides, log, filename), backend), None
