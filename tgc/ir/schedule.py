@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tgc.errors import TgcError
 from tgc.ir import kernel as K
-from tgc.ir.kernel import Band, KExpr, Kernel, View
+from tgc.ir.kernel import Band, Kernel, KExpr, View
 from tgc.ir.node import Node, toposort
 from tgc.ir.ops import GroupOp, Op
 from tgc.ir.structure import analyze
@@ -219,11 +220,56 @@ class Scheduler:
                         mat.add(r if r.op not in GroupOp.Movement or r.op in (Op.PAD, Op.DSLICE) else s)
                         if isinstance(_view_chain(s, self.is_mat), Node):
                             mat.add(s)
+        self._limit_bindings()
+
+    def _reads(self, n: Node, memo: dict) -> frozenset:
+        """The stored nodes a reader of n loads: n itself when it is stored, else what its
+        inlined expression loads (positions and uniform scalars are recomputed, not loaded)."""
+        hit = memo.get(n)
+        if hit is None:
+            if self.is_mat(n) and not self._index_expr(n):
+                hit = frozenset((n,))
+            elif n.op in GroupOp.Leaf or self._index_expr(n):
+                hit = frozenset()
+            else:
+                hit = frozenset().union(*(self._reads(x, memo) for x in n.srcs))
+            memo[n] = hit
+        return hit
+
+    def _limit_bindings(self):
+        """Every kernel binds each tensor it touches (WebGPU allows MAX_BINDINGS storage
+        bindings, a tensor over the binding size taking several): where a kernel's inlined
+        expression would load too many, store the inlined part that loads the most of them
+        that fits a kernel itself, and look again."""
+        while True:
+            memo: dict = {}
+            over = None
+            for n in self.order:
+                if n in self.mat and n.op not in (Op.MATMUL, Op.INPUT):
+                    reads = frozenset().union(*(self._reads(x, memo) for x in n.srcs))
+                    if bindings(reads | {n}) > MAX_BINDINGS:
+                        over = n
+                        break
+            if over is None:
+                return
+            best, stack, seen = None, [x for x in over.srcs], set()
+            while stack:  # the inlined tree under `over`
+                x = stack.pop()
+                if x in seen or self.is_mat(x) or x.op in GroupOp.Leaf or self._index_expr(x):
+                    continue
+                seen.add(x)
+                r = self._reads(x, memo)
+                if bindings(r | {x}) <= MAX_BINDINGS and len(r) >= 2 and (best is None or len(r) > len(self._reads(best, memo))):
+                    best = x
+                stack.extend(x.srcs)
+            if best is None:
+                raise TgcError(f"a kernel for {over} needs more than {MAX_BINDINGS} storage bindings")
+            self.mat.add(best)
 
     # ------------------------------------------------------------ expressions
 
     def emit(self, n: Node, idx: tuple[KExpr, ...], root: bool = False) -> KExpr:
-        key = (n, idx, root)
+        key = (n, tuple((i, i.vmin, i.vmax) for i in idx), root)  # bounds too: KExpr equality ignores them
         hit = self._memo.get(key)
         if hit is not None:
             return hit
@@ -333,7 +379,7 @@ class Scheduler:
             kernels.append(k)
             kernel_of[n] = k
         updates = self._place_updates(kernels, kernel_of, upd_name)
-        kernels = fuse_elementwise(hoist_to_fuse(kernels))
+        kernels = fuse_elementwise(hoist_to_fuse(kernels, self.tensors), self.tensors)
         outputs = {name: self.names[node] for name, node in prog.outputs.items()}
         uniforms = {n.arg["name"]: n.dtype for n in self.order if n.op is Op.UNIFORM}
         return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
@@ -392,7 +438,13 @@ class Scheduler:
         return updates
 
 
-MAX_FUSED_TENSORS = 8  # distinct tensors a fused kernel touches: at most 8 buffers to bind in WebGPU
+MAX_BINDINGS = 8  # storage bindings a kernel may use: WebGPU's default maxStorageBuffersPerShaderStage
+MAX_BINDING_BYTES = 128 << 20  # WebGPU's default maxStorageBufferBindingSize: larger tensors take several
+
+
+def bindings(tensors) -> int:
+    """Storage bindings a kernel needs for these tensors (Nodes or TensorInfos)."""
+    return sum(-(-max(4 * math.prod(t.shape), 1) // MAX_BINDING_BYTES) for t in tensors)
 
 
 def _load_indices(e: KExpr) -> dict[str, set]:
@@ -406,18 +458,18 @@ def _load_indices(e: KExpr) -> dict[str, set]:
 
 def _substitute_loads(e: KExpr, values: dict[str, KExpr], memo: dict) -> KExpr:
     """Replace LOAD(t, gid) by values[t] (a value computed earlier in the same thread)."""
-    r = memo.get(e)
+    r = memo.get(id(e))
     if r is None:
         if e.op is Op.LOAD and e.arg in values and e.srcs[0].op is Op.GIDX:
             r = values[e.arg]
         else:
             srcs = tuple(_substitute_loads(s, values, memo) for s in e.srcs)
-            r = e if srcs == e.srcs else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
-        memo[e] = r
+            r = e if all(a is b for a, b in zip(srcs, e.srcs)) else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
+        memo[id(e)] = r
     return r
 
 
-def hoist_to_fuse(kernels: list[Kernel]) -> list[Kernel]:
+def hoist_to_fuse(kernels: list[Kernel], tensors: dict) -> list[Kernel]:
     """Move each elementwise kernel up to just after an earlier one it can fuse with, when
     no kernel in between writes what it reads, reads what it writes, or writes the same
     tensor (e.g. the KV cache's v write next to its k write in decode_step)."""
@@ -430,7 +482,7 @@ def hoist_to_fuse(kernels: list[Kernel]) -> list[Kernel]:
         target = None
         for j in range(i - 1, -1, -1):
             m = ks[j]
-            if m.kind == "elementwise" and m.size == k.size and _fusable(m, k):
+            if m.kind == "elementwise" and m.size == k.size and _fusable(m, k, tensors):
                 target = j
             m_writes = set(m.writes())
             if reads & m_writes or writes & m.loads() or writes & m_writes:
@@ -440,7 +492,7 @@ def hoist_to_fuse(kernels: list[Kernel]) -> list[Kernel]:
     return ks
 
 
-def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
+def fuse_elementwise(kernels: list[Kernel], tensors: dict) -> list[Kernel]:
     """Merge each elementwise kernel into the one before it when both run over the same
     index space and every dependency between them is at the thread's own index: one
     pass over memory instead of two, values passed in registers (e.g. AdamW's m, v and
@@ -448,7 +500,7 @@ def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
     out: list[Kernel] = []
     for k in kernels:
         prev = out[-1] if out else None
-        if prev is not None and prev.kind == k.kind == "elementwise" and prev.size == k.size and _fusable(prev, k):
+        if prev is not None and prev.kind == k.kind == "elementwise" and prev.size == k.size and _fusable(prev, k, tensors):
             values = {t: e for t, e in prev.outputs}
             memo: dict = {}
             merged = prev.outputs + [(t, _substitute_loads(e, values, memo)) for t, e in k.outputs]
@@ -458,7 +510,7 @@ def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
     return out
 
 
-def _fusable(a: Kernel, b: Kernel) -> bool:
+def _fusable(a: Kernel, b: Kernel, tensors: dict) -> bool:
     a_writes, b_writes = set(a.writes()), set(b.writes())
     a_loads = {t: idx for _, e in a.outputs for t, idx in _load_indices(e).items()}
     b_loads = {t: idx for _, e in b.outputs for t, idx in _load_indices(e).items()}
@@ -470,7 +522,7 @@ def _fusable(a: Kernel, b: Kernel) -> bool:
     if a_writes & b_writes:
         return False
     touched = a_writes | b_writes | set(a_loads) | set(b_loads)
-    return len(touched) <= MAX_FUSED_TENSORS
+    return bindings(tensors[t] for t in touched) <= MAX_BINDINGS
 
 
 def _bounded(e: KExpr, lo: int, hi: int) -> KExpr:
@@ -490,12 +542,12 @@ def _rename_tensors(kernels: list[Kernel], renames: dict[str, str]) -> None:
     memo: dict = {}
 
     def ren(e: KExpr) -> KExpr:
-        r = memo.get(e)
+        r = memo.get(id(e))
         if r is None:
             srcs = tuple(ren(s) for s in e.srcs)
             arg = renames.get(e.arg, e.arg) if e.op is Op.LOAD else e.arg
             r = e if srcs == e.srcs and arg == e.arg else KExpr(e.op, e.dtype, srcs, arg, e.vmin, e.vmax)
-            memo[e] = r
+            memo[id(e)] = r
         return r
 
     for k in kernels:
