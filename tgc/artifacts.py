@@ -117,13 +117,20 @@ def _default_source() -> str:
 
 
 def runtime_for(source: str, preset: str | None, overrides: dict, backend: str = "auto", log=None,
-                filename: str = "model.tg"):
+                filename: str = "model.tg", programs=None):
     """Compile `source` for a preset + overrides into the artifact cache (or reuse it) and
-    open a runtime on it. Returns (runtime, compiled or None)."""
+    open a runtime on it, ready to run `programs` at once (WebGPU builds their pipelines
+    up front; the time is logged). Returns (runtime, compiled or None)."""
     from tgc.runtime import choose_backend, open_runtime
 
     preset = preset or "tiny"
     if choose_backend(backend, None) == "numpy":
         compiled = _compiled_for(source, preset, overrides, filename)
         return reference_runtime(compiled), compiled
-    return open_runtime(compiled_artifact(source, preset, overrides, log, filename), backend), None
+    rt = open_runtime(compiled_artifact(source, preset, overrides, log, filename), backend)
+    if programs:
+        n = len({k for p in programs for k, _ in rt.art.programs[p].launches})
+        dt = rt.prepare(programs)
+        if log and dt > 0:
+            log(f"{rt.backend}: {n} pipelines for {', '.join(programs)} ready in {dt:.2f}s")
+    return rt, None

@@ -176,7 +176,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     B, T = s["batch"], config["ctx"]
 
     t0 = time.perf_counter()
-    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log)
+    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log, programs=("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
     rt.init_state(s["seed"])
     start = 0
