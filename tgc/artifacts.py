@@ -21,6 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
+from tgc.errors import TgcError
+
 _COMPILED: dict = {}  # artifact key -> Compiled, for the numpy backend
 
 
@@ -59,6 +61,15 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
     d = cache_root() / "artifacts" / artifact_key(source, preset, overrides)
     if (d / "manifest.json").exists():
         return d
+    targets = ("wgsl", "wasm")
+    try:
+        from tgc.toolchain import find_wasm_ld
+
+        find_wasm_ld()
+    except TgcError as e:  # a machine without a linker (a GPU box) still runs WebGPU
+        targets = ("wgsl",)
+        if log:
+            log(f"note: {e.message}; compiling the WebGPU kernels only")
     if log:
         log(f"compiling {preset} {overrides} -> {d}")
     d.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +78,7 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
     try:
         tmp.mkdir()
         (tmp / "model.tg").write_text(source)
-        compile_model(None, preset=preset, out=tmp, targets=("wgsl", "wasm"), overrides=overrides, source=source,
+        compile_model(None, preset=preset, out=tmp, targets=targets, overrides=overrides, source=source,
                       filename=filename)
         shutil.rmtree(d, ignore_errors=True)
         os.replace(tmp, d)

@@ -80,9 +80,11 @@ def compile_model(
     log=None,
     source: str | None = None,
     filename: str | None = None,
+    profile: bool = False,
 ) -> Compiled:
     """Compile the model file `model_path` (or DSL text `source`, whose errors name `filename`)
-    for a preset (plus overrides); with `out`, write the artifact there."""
+    for a preset (plus overrides); with `out`, write the artifact there (with `profile`, the
+    wasm module also exports each launch on its own, for timing)."""
     from tgc.frontend import load_model, parse_file, parse_text
     from tgc.frontend.ast import format_module
 
@@ -122,14 +124,14 @@ def compile_model(
     info = {"file": model_path.name, "preset": preset, "config": config, "batch": batch, "train": train,
             "params": [q.name for q in model.params], "param_count": sum(math.prod(q.shape) for q in model.params)}
     inits = {q.name: tuple(q.init) for q in model.params}
-    c = compile_programs(programs, info, inits, out, targets, verify, max_buffer, dumper, timings, t0)
+    c = compile_programs(programs, info, inits, out, targets, verify, max_buffer, dumper, timings, t0, profile=profile)
     c.model_path, c.preset, c.config, c.batch, c.train, c.params = str(model_path), preset, config, batch, train, model.params
     return c
 
 
 def compile_programs(programs: dict[str, Program], model: dict, inits: dict | None = None, out=None, targets=TARGETS,
                      verify: bool = False, max_buffer: int = MAX_BUFFER, dumper=None, timings=None, t0=None,
-                     heap_base: int = WASM_HEAP_BASE, keep_all: bool = False) -> Compiled:
+                     heap_base: int = WASM_HEAP_BASE, keep_all: bool = False, profile: bool = False) -> Compiled:
     """Everything from the graph passes on, for any set of programs: `model` is the
     manifest's model section, `inits` the parameters' init rules. `heap_base` is where the
     buffers start in wasm memory (tests place them past 4 GiB); with `keep_all` no two
@@ -166,7 +168,7 @@ def compile_programs(programs: dict[str, Program], model: dict, inits: dict | No
                         model.get("train", {}), [], programs, schedules, kernels, launches, plan, manifest, wasm_base,
                         timings)  # fmt: skip
     if out is not None:
-        write_artifact(compiled, Path(out), [t for t in targets if t in TARGETS], dumper.root)
+        write_artifact(compiled, Path(out), [t for t in targets if t in TARGETS], dumper.root, profile)
         stage("codegen+package")
     return compiled
 
@@ -240,13 +242,13 @@ def _uniforms(k: Kernel) -> set[str]:
     return {e.arg for e in walk([e for _, e in k.outputs]) if e.op is Op.UNIFORM}
 
 
-def write_artifact(compiled: Compiled, out: Path, targets, dump_dir=None) -> Path:
+def write_artifact(compiled: Compiled, out: Path, targets, dump_dir=None, profile: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     m = compiled.manifest
     if "wgsl" in targets:
         m.wgsl = _emit_wgsl(compiled, out, dump_dir)
     if "wasm" in targets:
-        m.wasm = _emit_wasm(compiled, out, dump_dir)
+        m.wasm = _emit_wasm(compiled, out, dump_dir, profile)
     write_manifest(out, m)
     return out
 
