@@ -42,6 +42,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     first_token_s: float = 0.0
+    open_to_first_token_s: float = 0.0  # from the runtime's opening (pipelines included) to the first token
     total_s: float = 0.0
     tokens_per_s: float = 0.0
     backend: str = ""
@@ -147,6 +148,7 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
             now = time.perf_counter()
             if i == 0:
                 stats.first_token_s = now - t0
+                stats.open_to_first_token_s = now - getattr(rt, "opened_at", t0)
             stats.total_s = now - t0
             stats.tokens_per_s = stats.new_tokens / max(stats.total_s, 1e-9)
             piece = dec.push(nxt)
