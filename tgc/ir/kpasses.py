@@ -32,10 +32,10 @@ import math
 import os
 
 from tgc.ir import kernel as K
+from tgc.ir import schedule as S
 from tgc.ir.affine import Aff, AffineIn, Unresolved, to_expr
 from tgc.ir.kernel import Interner, Kernel, KExpr, Nest, Region, canonical, const, kernel_key, walk
 from tgc.ir.ops import Op
-from tgc.ir.schedule import MAX_BINDING_BYTES
 
 # ---------------------------------------------------------------- dedup
 
@@ -361,9 +361,10 @@ def wgsl_launch(k: Kernel) -> Kernel:
         d = {"workgroup": WG, **reduce_shape(k)}
     else:
         d = {"tile": dict(choose_tile(k.M, k.N, math.prod(k.batch), k.K)), "prefetch": OPTIONS["prefetch"]}
-    chunks = [-(-4 * p.elements // MAX_BINDING_BYTES) for p in k.params]  # bindings per parameter
+    limit = S.MAX_BINDING_BYTES
+    chunks = [-(-4 * p.elements // limit) for p in k.params]  # bindings per parameter
     if any(c > 1 for c in chunks):
-        d["chunks"] = chunks
+        d["chunks"], d["chunk_bytes"] = chunks, limit
     k.decisions = {**k.decisions, "wgsl": d}
     return k
 

@@ -160,11 +160,15 @@ class WebGPURuntime(Runtime):
             return name, self.gpu.pipeline(name, src, sum(w["chunks"]), w["uniform_binding"])
 
         # pipeline creation compiles each shader in the driver: spread it over threads
-        # (wgpu-native is thread-safe and releases the GIL in these calls)
+        # (wgpu-native is thread-safe and releases the GIL in these calls); meanwhile this
+        # thread makes one round trip through the queue, which costs the first run ~0.1-2 s
+        # of one-time binding setup (cffi parsing wgpu's structs) otherwise
         n = threads or min(16, os.cpu_count() or 1)
         if n > 1 and len(todo) > 1:
             with ThreadPoolExecutor(n) as ex:
-                self._pipelines.update(ex.map(make, todo))
+                made = ex.map(make, todo)
+                self._warm_up()
+                self._pipelines.update(made)
         else:
             self._pipelines.update(make(k) for k in todo)
         for p in names:
@@ -173,6 +177,18 @@ class WebGPURuntime(Runtime):
         self.pipeline_seconds += dt
         return dt
 
+    def _warm_up(self) -> None:
+        """An empty compute pass and a 16-byte readback: the queue's first use, done early."""
+        if getattr(self, "_warm", False):
+            return
+        from tgc.artifact import Place
+
+        enc = self.gpu.device.create_command_encoder()
+        enc.begin_compute_pass().end()
+        self.gpu.queue.write_buffer(self.ubuffer, 0, bytes(self.ublock))
+        self._readback([(("warm",), Place("warm", (4,), "f32", next(iter(self.buffers)), 0))], enc)
+        self._warm = True
+
     def _bind_group(self, kernel: str, pipe_bgl, tensors, program: str):
         ki = self.art.kernels[kernel]
         w = ki.wgsl
@@ -180,7 +196,7 @@ class WebGPURuntime(Runtime):
         for t, chunks in zip(tensors, w["chunks"]):
             pl = self.art.place(program, t)
             buf, size = self.buffers[pl.buffer], pl.nbytes
-            step = self.art.wgsl["max_binding_bytes"]
+            step = w.get("chunk_bytes") or size
             for c in range(chunks):
                 part = min(step, size - c * step) if chunks > 1 else size
                 entries.append({"binding": b, "resource": {"buffer": buf, "offset": pl.offset + c * step, "size": max(part, 4)}})
