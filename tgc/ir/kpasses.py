@@ -361,10 +361,10 @@ def wgsl_launch(k: Kernel) -> Kernel:
         d = {"workgroup": WG, **reduce_shape(k)}
     else:
         d = {"tile": dict(choose_tile(k.M, k.N, math.prod(k.batch), k.K)), "prefetch": OPTIONS["prefetch"]}
-    limit = S.MAX_BINDING_BYTES
-    chunks = [-(-4 * p.elements // limit) for p in k.params]  # bindings per parameter
-    if any(c > 1 for c in chunks):
-        d["chunks"], d["chunk_bytes"] = chunks, limit
+    split = [S.chunking(4 * p.elements) for p in k.params]  # (bindings, bytes each) per parameter
+    if any(n > 1 for n, _ in split):
+        d["chunks"] = [n for n, _ in split]
+        d["chunk_bytes"] = [b if n > 1 else None for n, b in split]
     k.decisions = {**k.decisions, "wgsl": d}
     return k
 
