@@ -43,7 +43,7 @@ def log(*a):
 
 def cli(*args, name: str) -> str:
     """Run `tgc ARGS` (python -m tgc.cli), keep its output under OUT/name.log, return it."""
-    r = subprocess.run([sys.executable, "-m", "tgc.cli", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "tgc.cli", *args], capture_output=True, text=True, timeout=240)
     text = (r.stdout + r.stderr).replace("\r", "\n")
     (OUT / f"{name}.log").write_text(text)
     if r.returncode != 0:

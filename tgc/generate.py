@@ -91,13 +91,12 @@ class Generation:
         return "".join(self)
 
 
-def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward"),
-                            later=()):
+def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward")):
     """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
-    its config, ready to run `programs` without delay, `later` being prepared meanwhile."""
+    its config, ready to run `programs` without delay."""
     ck = load_checkpoint(ckpt)
     overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch", 1))}
-    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs, later=later)
+    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -120,9 +119,9 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
         raise TgcError(f"--temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise TgcError(f"--top-p must be in (0, 1], got {top_p}")
-    # the first token needs prefill only (or forward): decode_step is prepared while it runs
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",),
-                                     ("decode_step",) if kv_cache else ())
+    # the first token needs prefill only (or forward): decode_step's pipelines are built at its
+    # first run, after the first token is out
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",))
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
     ids = tok.encode(prompt) or tok.encode("\n")

@@ -88,9 +88,6 @@ class Runtime:
         the seconds it took (WebGPU builds its pipelines here)."""
         return 0.0
 
-    def prepare_in_background(self, programs) -> None:
-        """Start preparing `programs` while the caller goes on (nothing to do but on WebGPU)."""
-
     def init_state(self, seed: int = 0) -> None:
         for name, value in initial_state(self.manifest, seed).items():
             self.write(name, value)

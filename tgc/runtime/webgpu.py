@@ -133,7 +133,6 @@ class WebGPURuntime(Runtime):
         # through the queue before each submit), so it is valid for any later run
         self._next: dict[tuple, object] = {}
         self.pipeline_seconds = 0.0
-        self._pending: dict[str, object] = {}  # program -> Future of its preparation in the background
 
     @property
     def adapter_info(self) -> dict:
@@ -191,16 +190,6 @@ class WebGPURuntime(Runtime):
         self.pipeline_seconds += dt
         return dt
 
-    def prepare_in_background(self, programs) -> None:
-        """Prepare `programs` on a thread of their own while the caller goes on (generation:
-        decode_step's pipelines are built while prefill runs); their first run waits for it."""
-        todo = [p for p in programs if p not in self._programs and p not in self._pending]
-        if todo:
-            ex = ThreadPoolExecutor(1)
-            fut = ex.submit(self.prepare, todo)
-            ex.shutdown(wait=False)
-            self._pending.update(dict.fromkeys(todo, fut))
-
     def _warm_up(self) -> None:
         """An empty compute pass and a 16-byte readback: the queue's first use, done early."""
         if getattr(self, "_warm", False):
@@ -233,10 +222,6 @@ class WebGPURuntime(Runtime):
         plan = self._programs.get(program)
         if plan is not None:
             return plan
-        pending = self._pending.pop(program, None)
-        if pending is not None:
-            pending.result()  # its preparation in the background (errors surface here)
-            return self._programs[program]
         if program not in self.art.programs:
             raise TgcError(f"artifact has no program {program!r}")
         missing = [k for k, _ in self.art.programs[program].launches if k not in self._pipelines]
