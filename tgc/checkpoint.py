@@ -370,6 +370,9 @@ def load_checkpoint(path, resume: bool = False) -> Checkpoint:
     cid = tgc.get("checkpoint_id")
     params, meta = read_safetensors(d / WEIGHTS)
     _check_tensors(params, param_shapes(cfg), "model.safetensors", str(d / WEIGHTS))
+    if "tgc_checkpoint_id" not in meta:  # e.g. re-saved by transformers (in bf16, say)
+        raise TgcError(f"{d / WEIGHTS}: not written by tgc (its metadata has no checkpoint id); "
+                       "bring a Hugging Face save in with tgc import")
     if meta.get("tgc_checkpoint_id") != cid:
         raise TgcError(f"{d}: model.safetensors and config.json are from different saves (an interrupted copy?)")
     tok = _load_checkpoint_tokenizer(d)
