@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tgc.checkpoint import CONFIG, WEIGHTS, import_hf, load_checkpoint, model_config_from_hf, param_shapes
+from tgc.checkpoint import (
+    CONFIG,
+    WEIGHTS,
+    import_hf,
+    load_checkpoint,
+    model_config_from_hf,
+    param_shapes,
+    save_checkpoint,
+)
 from tgc.cli import main
 from tgc.compare import compare
 from tgc.errors import TgcError
@@ -434,6 +442,19 @@ def test_resume_of_an_imported_checkpoint_is_refused(small_ck, tmp_path):
     ck = tmp_path / "ck"
     shutil.copytree(small_ck, ck)
     assert_refused(["train", "--out", str(ck), "--steps", "2", "--resume"], ck, "cannot be resumed")
+
+
+def test_resume_into_another_shape_is_refused(small_ck, tmp_path):
+    """A resumable checkpoint of the GPT-2-shaped model resumed as preset tiny."""
+    ck = load_checkpoint(small_ck)
+    out = tmp_path / "ck"
+    opt = {f"{m}/{k}": np.zeros_like(v) for k, v in ck.params.items() for m in ("adam_m", "adam_v")}
+    save_checkpoint(out, ck.params, ck.config, ck.tokenizer, {**ck.tgc, "step": 1}, optimizer=opt,
+                    state={"step": 1, "seed": 0, "history": []}, source=ck.source)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((Path(__file__).parents[1] / "tgc" / "generate.py").read_text())
+    assert_refused(["train", "--out", str(out), "--steps", "2", "--resume", "--preset", "tiny", "--corpus", str(corpus)],
+                   out, "does not match preset tiny")
 
 
 # ---- the gpt2 preset
