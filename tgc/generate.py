@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tgc import rng
+from tgc.artifacts import runtime_for
 from tgc.checkpoint import load_checkpoint
 from tgc.errors import TgcError
-from tgc.artifacts import runtime_for
 from tgc.tokenizer import StreamDecoder
 
 
@@ -92,11 +92,12 @@ class Generation:
         return "".join(self)
 
 
-def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None):
-    """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for its config."""
+def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward")):
+    """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
+    its config, ready to run `programs` without delay."""
     ck = load_checkpoint(ckpt)
     overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch", 1))}
-    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log)
+    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -119,7 +120,7 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
         raise TgcError(f"--temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise TgcError(f"--top-p must be in (0, 1], got {top_p}")
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log)
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill", "decode_step") if kv_cache else ("forward",))
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
     eos = ck.config.get("eos_token_id")

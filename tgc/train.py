@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from tgc import presets
+from tgc.artifacts import runtime_for
 from tgc.checkpoint import CONFIG, load_checkpoint, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
-from tgc.artifacts import runtime_for
 
 DEFAULT_EVAL_BATCHES = 8
 
@@ -176,7 +176,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     B, T = s["batch"], config["ctx"]
 
     t0 = time.perf_counter()
-    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log)
+    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log, programs=("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
     rt.init_state(s["seed"])
     start = 0
