@@ -489,7 +489,7 @@ def gpt2_124m(tmp_path_factory):
 def test_gpt2_124m_matches_transformers(gpt2_124m, backend):
     hf_dir, model, ck_dir = gpt2_124m
     ck = load_checkpoint(ck_dir)
-    assert ck.tgc["preset"] == "gpt2" and ck.tokenizer.vocab_size == 50257
+    assert ck.tgc["preset"] == "gpt2" and ck.tgc["batch"] == 1 and ck.tokenizer.vocab_size == 50257
     prompt = f"The tokenizer {EOT} keeps its special tokens: naïve café ☕ 日本語"
     ids = gpt2_tokenizer_fast(hf_dir)(prompt)["input_ids"]
     assert ck.tokenizer.encode(prompt) == ids and 50256 in ids

@@ -485,8 +485,10 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
     """Bring a Hugging Face GPT-2 directory (save_pretrained's output) in as a tgc checkpoint.
 
     The model config comes from config.json; a preset whose layers/heads/d/ctx/vocab all
-    match is recorded, else the checkpoint's config stands on its own (batch: `batch`, the
-    preset's, or 8). GPT-2's released checkpoints use the tanh GELU ("gelu_new"): the
+    match is recorded, else the checkpoint's config stands on its own. The batch recorded is
+    `batch`, else 1: an import holds weights only (it cannot be resumed), generation runs
+    at batch 1, and the batch sizes only train_step, which is compiled into the same
+    artifact (for GPT-2 124M: 3.8 GiB of wasm memory at batch 1, 10.6 GiB at 4). GPT-2's released checkpoints use the tanh GELU ("gelu_new"): the
     checkpoint's model.tg is then gpt.tg with gelu_tanh in the MLP (likewise a non-default
     layer_norm_epsilon), so compiling it reproduces the HF model's arithmetic."""
     src, out = Path(src_dir), Path(out_dir)
@@ -507,7 +509,7 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
             match = name
             break
     if batch is None:
-        batch = presets.get_preset(preset or match)["batch"] if (preset or match) else 8
+        batch = 1
     tgc = {"preset": preset or match, "batch": int(batch), "step": 0, "imported_from": str(src.resolve()),
            "model_origin": presets.default_model_path().name,
            "params": sum(math.prod(s) for s in param_shapes(cfg).values())}
