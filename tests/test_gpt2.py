@@ -484,7 +484,8 @@ def gpt2_124m(tmp_path_factory):
     return d, model, out
 
 
-@pytest.mark.slow  # 124M: compiling both targets, ~1 GB of files, lavapipe runs of minutes
+@pytest.mark.slow  # 124M: compiling both targets, ~1 GB of files; on lavapipe a 1,024-token forward takes >10 min
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("backend", runtime_backends())
 def test_gpt2_124m_matches_transformers(gpt2_124m, backend):
     hf_dir, model, ck_dir = gpt2_124m
