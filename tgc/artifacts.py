@@ -128,10 +128,11 @@ def _default_source() -> str:
 
 
 def runtime_for(source: str, preset: str | None, overrides: dict, backend: str = "auto", log=None,
-                filename: str = "model.tg", programs=None):
+                filename: str = "model.tg", programs=None, later=()):
     """Compile `source` for a preset + overrides into the artifact cache (or reuse it) and
     open a runtime on it, ready to run `programs` at once (WebGPU builds their pipelines
-    up front; the time is logged). Returns (runtime, compiled or None)."""
+    up front; the time is logged) and preparing `later` in the background. Returns
+    (runtime, compiled or None)."""
     from tgc.runtime import choose_backend, open_runtime
 
     preset = preset or "tiny"
@@ -144,4 +145,5 @@ def runtime_for(source: str, preset: str | None, overrides: dict, backend: str =
         dt = rt.prepare(programs)
         if log and dt > 0:
             log(f"{rt.backend}: {n} pipelines for {', '.join(programs)} ready in {dt:.2f}s")
+    rt.prepare_in_background(later)
     return rt, None

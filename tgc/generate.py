@@ -44,6 +44,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     first_token_s: float = 0.0
+    open_to_first_token_s: float = 0.0  # from the runtime's opening (pipelines included) to the first token
     total_s: float = 0.0
     tokens_per_s: float = 0.0
     backend: str = ""
@@ -92,12 +93,13 @@ class Generation:
         return "".join(self)
 
 
-def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward")):
+def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward"),
+                            later=()):
     """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
-    its config, ready to run `programs` without delay."""
+    its config, ready to run `programs` without delay, `later` being prepared meanwhile."""
     ck = load_checkpoint(ckpt)
     overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch", 1))}
-    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs)
+    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs, later=later)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -120,7 +122,9 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
         raise TgcError(f"--temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise TgcError(f"--top-p must be in (0, 1], got {top_p}")
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill", "decode_step") if kv_cache else ("forward",))
+    # the first token needs prefill only (or forward): decode_step is prepared while it runs
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",),
+                                     ("decode_step",) if kv_cache else ())
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
     eos = ck.config.get("eos_token_id")
@@ -150,6 +154,7 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
             now = time.perf_counter()
             if i == 0:
                 stats.first_token_s = now - t0
+                stats.open_to_first_token_s = now - getattr(rt, "opened_at", t0)
             stats.total_s = now - t0
             stats.tokens_per_s = stats.new_tokens / max(stats.total_s, 1e-9)
             if nxt == eos:

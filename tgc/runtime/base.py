@@ -17,6 +17,7 @@ program (one submit / one wasm call) and reads back the outputs named in `read`
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ class Runtime:
     backend = "?"
 
     def __init__(self, artifact_dir):
+        self.opened_at = time.perf_counter()  # when opening began: products time first step / token from here
         self.dir = Path(artifact_dir)
         self.art = read_manifest(self.dir)  # the typed manifest (tgc/artifact.py)
         self.manifest = self.art.json  # the same, as plain JSON
@@ -85,6 +87,9 @@ class Runtime:
         """Get ready to run `programs` (default: all) without delay at the first run; returns
         the seconds it took (WebGPU builds its pipelines here)."""
         return 0.0
+
+    def prepare_in_background(self, programs) -> None:
+        """Start preparing `programs` while the caller goes on (nothing to do but on WebGPU)."""
 
     def init_state(self, seed: int = 0) -> None:
         for name, value in initial_state(self.manifest, seed).items():
