@@ -285,10 +285,10 @@ def f(x: f32[B, T, d]) -> f32[B, T, d] {
   w = x + x[-1][0] * 0 + mean(x, -1) + max(x, 2) + sum(softmax(x, 1), 0) + sum(z, 1)
   return gelu_tanh(exp(log(tanh(w) + 2)))
 }
-logits(idx: i32[B, T]) = f(embed(wte, idx)[:, 0:ctx / 2]) @ transpose(wte)
+head(idx: i32[B, T]) = f(embed(wte, idx)[:, 0:ctx / 2]) @ transpose(wte)
 """
     m = compile_text(src)
-    out = m.call("logits", build.input("idx", (3, 8), "i32"))
+    out = m.call("head", build.input("idx", (3, 8), "i32"))
     assert out.shape == (3, 4, 16)
     assert m.call("f", build.input("x", (1, 2, 8))).shape == (1, 2, 8)
     with pytest.raises(TgcError, match="argument 'x' of f"):
