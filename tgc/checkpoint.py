@@ -450,10 +450,11 @@ def _show(v) -> str:
 
 
 def field_value(obj: dict, key: str, where: str, kind: str, *, required: bool = False, lo=None, hi=None,
-                gt=None, choices=None):
+                gt=None, choices=None, section: str = ""):
     """obj[key] checked to be of `kind` (int, number, str, bool, list, dict) and in range; None when
-    absent or null and not required. The error names the file, the field and the value."""
+    absent or null and not required. The error names the file, the field (`section`.key) and the value."""
     v = obj.get(key)
+    key = f"{section}.{key}" if section else key
     if v is None:
         if required:
             raise TgcError(f"{where}: '{key}' is missing")
@@ -464,12 +465,14 @@ def field_value(obj: dict, key: str, where: str, kind: str, *, required: bool = 
           "dict": isinstance(v, dict)}[kind]
     desc = {"int": "an integer", "number": "a finite number", "str": "a string", "bool": "true or false",
             "list": "a list", "dict": "an object"}[kind]
-    if ok and lo is not None:
-        ok, desc = v >= lo, f"{desc} >= {lo}"
-    if ok and gt is not None:
-        ok, desc = v > gt, f"{desc} > {gt}"
-    if ok and hi is not None:
-        ok, desc = v <= hi, f"{desc} <= {hi}"
+    if lo is not None and hi is not None:
+        ok, desc = ok and lo <= v <= hi, f"{desc} from {lo} to {hi}"
+    elif lo is not None:
+        ok, desc = ok and v >= lo, f"{desc} >= {lo}"
+    elif hi is not None:
+        ok, desc = ok and v <= hi, f"{desc} <= {hi}"
+    if gt is not None:
+        ok, desc = ok and v > gt, f"{desc} > {gt}"
     if ok and choices is not None:
         ok, desc = v in choices, f"one of {', '.join(map(str, choices))}"
     if not ok:
@@ -486,20 +489,53 @@ def _validate_hf_config(hf: dict, where: str) -> None:
     field_value(hf, "n_inner", where, "int", lo=1)
     field_value(hf, "activation_function", where, "str")
     field_value(hf, "layer_norm_epsilon", where, "number", gt=0, hi=1)
-    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings"):
+    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings",
+                "reorder_and_upcast_attn", "use_cache"):
         field_value(hf, key, where, "bool")
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):  # transformers reads them; tgc trains without dropout
+        field_value(hf, key, where, "number", lo=0, hi=1)
+    field_value(hf, "initializer_range", where, "number", lo=0)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        field_value(hf, key, where, "int", lo=0)
+    field_value(hf, "dtype", where, "str")
+    archs = field_value(hf, "architectures", where, "list")
+    if archs is not None and not all(isinstance(a, str) for a in archs):
+        raise TgcError(f"{where}: 'architectures' must be a list of class names, got {_show(archs)}")
 
 
 def validate_tgc_section(tgc: dict, where: str) -> None:
     """config.json's "tgc" section."""
-    field_value(tgc, "preset", where, "str", choices=presets.preset_names())
-    field_value(tgc, "batch", where, "int", lo=1, hi=_MAX_BATCH)
-    field_value(tgc, "step", where, "int", lo=0)
-    field_value(tgc, "params", where, "int", lo=0)
-    field_value(tgc, "train", where, "dict")
-    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "tokenizer", "backend",
-                "activation", "imported_from"):
-        field_value(tgc, key, where, "str")
+    def f(key, kind, **kw):
+        return field_value(tgc, key, where, kind, section="tgc", **kw)
+
+    f("preset", "str", choices=presets.preset_names())
+    f("batch", "int", lo=1, hi=_MAX_BATCH)
+    f("step", "int", lo=0)
+    f("params", "int", lo=0)
+    f("activation", "str", choices=tuple(HF_ACTIVATION))
+    _tokenizer_spec(tgc, "tokenizer", where, "tgc")
+    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "backend", "imported_from"):
+        f(key, "str")
+    train = f("train", "dict") or {}
+    for key in ("beta1", "beta2", "weight_decay"):
+        field_value(train, key, where, "number", lo=0, hi=1, section="tgc.train")
+    for key in ("eps", "lr", "grad_clip"):
+        field_value(train, key, where, "number", gt=0, section="tgc.train")
+    field_value(train, "warmup", where, "int", lo=0, section="tgc.train")
+    field_value(train, "total_steps", where, "int", lo=1, section="tgc.train")
+    field_value(train, "seed", where, "int", lo=0, hi=2**32 - 1, section="tgc.train")
+
+
+def _tokenizer_spec(obj: dict, key: str, where: str, section: str = "") -> str | None:
+    from tgc.tokenizer import parse_spec
+
+    spec = field_value(obj, key, where, "str", section=section)
+    if spec is not None:
+        try:
+            parse_spec(spec)
+        except TgcError as e:
+            raise TgcError(f"{where}: '{f'{section}.' if section else ''}{key}': {e.message}") from None
+    return spec
 
 
 def _history(state: dict, key: str, where: str, step: int) -> None:
@@ -511,28 +547,32 @@ def _history(state: dict, key: str, where: str, step: int) -> None:
                            f"found {_show(item) if not isinstance(item, list) else json.dumps(item)[:40]}")
 
 
-def validate_trainer_state(state: dict, where: str) -> None:
-    """trainer_state.json: everything a resumed run reads from it."""
-    from tgc.tokenizer import parse_spec
-
+def validate_trainer_state(state: dict, where: str, config_step: int | None = None) -> None:
+    """trainer_state.json: everything a resumed run reads from it (`config_step`: config.json's)."""
     step = field_value(state, "step", where, "int", required=True, lo=0)
+    if config_step is not None and step != config_step:
+        raise TgcError(f"{where}: step {step}, but config.json says step {config_step}")
     field_value(state, "checkpoint_id", where, "str", required=True)
     field_value(state, "preset", where, "str", choices=presets.preset_names())
     field_value(state, "seed", where, "int", lo=0, hi=2**32 - 1)
     field_value(state, "lr", where, "number", gt=0)
-    field_value(state, "batch", where, "int", lo=1, hi=_MAX_BATCH)
+    batch = field_value(state, "batch", where, "int", lo=1, hi=_MAX_BATCH)
     field_value(state, "warmup", where, "int", lo=0)
     field_value(state, "total_steps", where, "int", lo=1)
     for key in ("corpus", "corpus_digest"):
         field_value(state, key, where, "str")
-    spec = field_value(state, "tokenizer", where, "str")
-    if spec is not None:
-        try:
-            parse_spec(spec)
-        except TgcError as e:
-            raise TgcError(f"{where}: 'tokenizer': {e.message}") from None
-    for key in ("data", "rng"):
-        field_value(state, key, where, "dict")
+    _tokenizer_spec(state, "tokenizer", where)
+    # where the next batches come from: derived from step and batch, so it must agree with them
+    data = field_value(state, "data", where, "dict") or {}
+    rng_state = field_value(state, "rng", where, "dict") or {}
+    field_value(data, "stream", where, "str", choices=("batches",), section="data")
+    field_value(rng_state, "val", where, "int", lo=0, section="rng")
+    for part, section, key, want in ((data, "data", "next_counter", None), (data, "data", "rows_per_step", batch),
+                                     (rng_state, "rng", "batches", None)):
+        got = field_value(part, key, where, "int", lo=0, section=section)
+        want = step * batch if want is None and batch is not None else want
+        if got is not None and want is not None and got != want:
+            raise TgcError(f"{where}: '{section}.{key}' is {got}, but step {step} with batch {batch} makes it {want}")
     _history(state, "history", where, step)
     _history(state, "val_history", where, step)
 
@@ -638,7 +678,7 @@ def load_checkpoint(path, resume: bool = False, allow_nonfinite: bool = False, c
     _check_weights_size(d / WEIGHTS, cfg)
     cid = tgc.get("checkpoint_id")
     params, _ = read_safetensors(d / WEIGHTS)
-    _check_tensors(params, param_shapes(cfg), "model.safetensors", str(d / WEIGHTS))
+    _check_tensors(params, param_shapes(cfg), "the file", str(d / WEIGHTS))
     if safetensors_metadata(d / WEIGHTS).get("tgc_checkpoint_id") != cid:
         raise TgcError(f"{d}: model.safetensors and config.json are from different saves (an interrupted copy?)")
     if not allow_nonfinite:
@@ -656,14 +696,12 @@ def load_checkpoint(path, resume: bool = False, allow_nonfinite: bool = False, c
             raise TgcError(f"{d}: no optimizer.safetensors / trainer_state.json, so it cannot be resumed "
                            "(it is a weights-only checkpoint); start a new run from it instead")
         state = _read_json(d / TRAINER_STATE)
-        validate_trainer_state(state, str(d / TRAINER_STATE))
+        validate_trainer_state(state, str(d / TRAINER_STATE), tgc.get("step"))
         opt, _ = read_safetensors(d / OPTIMIZER)
         _check_tensors(opt, {f"{m}/{k}": s for k, s in param_shapes(cfg).items() for m in ("adam_m", "adam_v")},
-                       "optimizer.safetensors", str(d / OPTIMIZER))
+                       "the file", str(d / OPTIMIZER))
         if safetensors_metadata(d / OPTIMIZER).get("tgc_checkpoint_id") != cid or state.get("checkpoint_id") != cid:
             raise TgcError(f"{d}: optimizer/trainer state and weights are from different saves")
-        if tgc.get("step") not in (None, state["step"]):
-            raise TgcError(f"{d / TRAINER_STATE}: step {state['step']} but config.json says step {tgc['step']}")
         if not allow_nonfinite:
             _check_finite(opt, d / OPTIMIZER)
         ck.optimizer, ck.state = opt, state
@@ -689,7 +727,12 @@ def _load_checkpoint_tokenizer(d: Path) -> Tokenizer:
         raise TgcError(f"{p}: missing")
     kind = None
     if (d / TOKENIZER_CONFIG).exists():
-        kind = field_value(_read_json(d / TOKENIZER_CONFIG), "tgc_tokenizer", str(d / TOKENIZER_CONFIG), "str")
+        where = str(d / TOKENIZER_CONFIG)
+        tc = _read_json(d / TOKENIZER_CONFIG)
+        kind = _tokenizer_spec(tc, "tgc_tokenizer", where)
+        field_value(tc, "tokenizer_class", where, "str")
+        field_value(tc, "model_max_length", where, "int", lo=1)
+        field_value(tc, "clean_up_tokenization_spaces", where, "bool")
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:

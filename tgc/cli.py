@@ -123,11 +123,21 @@ def cmd_import(a) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's default in --help, where it has one (None and flags have none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, "", argparse.SUPPRESS) and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`error: ...`, exit 2) and defaults shown in --help."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
@@ -136,8 +146,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from tgc import __version__
-    from tgc.presets import default_model_path, preset_names
+    from tgc.presets import default_model_path, preset_names, train_defaults
     from tgc.runtime import BACKENDS
+
+    backend_help = "auto takes WebGPU on a real GPU, else WebAssembly; numpy is the exact, slow reference"
 
     names = preset_names()
     ladder = ", ".join(names)
@@ -168,11 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, required=True, help="total steps the LR schedule plans for")
     s.add_argument("--out", required=True,
                    help="checkpoint directory: absent or empty for a new run, a checkpoint with --resume")
-    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--backend", default="auto", choices=BACKENDS, help=backend_help)
     s.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     s.add_argument("--seed", type=int, help="weights and batches (0 for a new run; 0 <= seed < 2**32)")
-    s.add_argument("--lr", type=float, help="peak learning rate (from presets.toml for a new run: 3e-4)")
-    s.add_argument("--warmup", type=int, help="warmup steps (100, or a tenth of the run if shorter)")
+    s.add_argument("--lr", type=float, help=f"peak learning rate ({train_defaults()['lr']:g} for a new run; may be "
+                   "lowered on --resume)")
+    s.add_argument("--warmup", type=int, help=f"warmup steps ({train_defaults()['warmup_steps']}, or a tenth of the run "
+                   "if shorter)")
     s.add_argument("--batch", type=int, help="batch size (the preset's)")
     s.add_argument("--tokenizer", help="byte (the default for a new run) or bpe:N")
     s.add_argument("--eval-every", type=int, help="steps between validation losses (a tenth of the run, at most 500)")
@@ -183,20 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("generate", help="generate text from a checkpoint")
     s.add_argument("ckpt", help="checkpoint directory")
     s.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
-    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (K >= 1; default all)")
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default off)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed and prompt give the same text")
     s.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window for every token")
-    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--backend", default="auto", choices=BACKENDS, help=backend_help)
     s.add_argument("--allow-nonfinite", action="store_true", help="load weights that hold NaN or inf")
     s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("parity", help="run the same programs on WebGPU, WebAssembly (and numpy) and compare")
     s.add_argument("--preset", required=True, choices=names, metavar="PRESET", help=f"one of: {ladder}")
-    s.add_argument("--steps", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, default=1, help="training steps whose losses are compared")
+    s.add_argument("--seed", type=int, default=0, help="weights and batches")
     s.add_argument("--model", default=model, help="the DSL model file")
     s.set_defaults(fn=cmd_parity)
 

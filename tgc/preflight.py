@@ -40,6 +40,8 @@ F32 = 4
 WASM_BROWSER_LIMIT = 16 << 30  # Memory64 in Chrome and Firefox
 # programs whose peak a run needs: training runs train_step and eval_loss; generation the other three
 PROGRAMS = {"train": ("train_step", "eval_loss"), "generate": ("forward", "prefill", "decode_step")}
+_HINTS = {"train": "use a smaller preset or --batch, or free memory",
+          "generate": "the model is too large for this machine (free memory, or use a smaller model)"}
 
 
 def fmt_bytes(n: float) -> str:
@@ -64,6 +66,7 @@ class Need:
     bytes: int
     parts: dict[str, int] = field(default_factory=dict)
     exact: bool = False                         # from the compiled memory plan, not the estimate
+    hint: str = "use a smaller preset or --batch, or free memory"
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in self.parts.items())
@@ -87,7 +90,7 @@ def estimate(cfg: dict, batch: int, purpose: str, what: str | None = None) -> Ne
         parts = {"parameters": P * F32, "KV cache": 2 * L * T * d * F32, "activations": acts * F32}
     else:
         raise ValueError(f"unknown purpose {purpose!r}")
-    return Need(what, sum(parts.values()), parts)
+    return Need(what, sum(parts.values()), parts, hint=_HINTS[purpose])
 
 
 def from_manifest(manifest: dict, purpose: str, what: str | None = None) -> Need:
@@ -97,7 +100,7 @@ def from_manifest(manifest: dict, purpose: str, what: str | None = None) -> Need
     if not peaks:
         peaks = {"all buffers": sum(int(b["size"]) for b in manifest.get("buffers", []))}
     worst = max(peaks, key=peaks.get)
-    return Need(what or purpose, peaks[worst], {f"{worst} peak": peaks[worst]}, exact=True)
+    return Need(what or purpose, peaks[worst], {f"{worst} peak": peaks[worst]}, exact=True, hint=_HINTS[purpose])
 
 
 # ---- what the machine has
@@ -207,8 +210,7 @@ def require(need: Need | None, log=print) -> None:
                                               else "available memory unknown"))
     if have is not None and need.bytes > have:
         raise TgcError(f"{need.what} needs {'' if need.exact else 'about '}{fmt_bytes(need.bytes)} of memory, "
-                       f"but only {fmt_bytes(have)} is available ({source}); use a smaller preset or --batch, "
-                       "or free memory")
+                       f"but only {fmt_bytes(have)} is available ({source}); {need.hint}")
 
 
 def check_manifest(manifest: dict, purpose: str = "train", what: str | None = None, log=None) -> Need:
