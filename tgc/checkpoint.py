@@ -565,6 +565,9 @@ def validate_trainer_state(state: dict, where: str, config_step: int | None = No
     # where the next batches come from: derived from step and batch, so it must agree with them
     data = field_value(state, "data", where, "dict") or {}
     rng_state = field_value(state, "rng", where, "dict") or {}
+    sched = field_value(state, "schedule", where, "dict") or {}
+    for key, hi in (("eval_every", None), ("ckpt_every", None), ("eval_batches", 10_000)):
+        field_value(sched, key, where, "int", lo=1, hi=hi, section="schedule")
     field_value(data, "stream", where, "str", choices=("batches",), section="data")
     field_value(rng_state, "val", where, "int", lo=0, section="rng")
     for part, section, key, want in ((data, "data", "next_counter", None), (data, "data", "rows_per_step", batch),

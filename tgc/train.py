@@ -115,7 +115,7 @@ def validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batc
     _int_option("warmup", warmup, 0)
     _int_option("eval-every", eval_every, 1)
     _int_option("ckpt-every", ckpt_every, 1)
-    _int_option("eval-batches", eval_batches, 1, 10_000, optional=False)
+    _int_option("eval-batches", eval_batches, 1, 10_000)
     _int_option("seed", seed, 0, 2**32 - 1)
     _int_option("stop-at", stop_at, 1)
     if tokenizer is not None:
@@ -218,7 +218,7 @@ class Diverged(TgcError):
 def train(preset: str | None = None, corpus: str | None = None, steps: int = 1000, out="runs/ckpt",
           backend: str = "auto", resume: bool = False, seed: int | None = None, lr: float | None = None,
           batch: int | None = None, tokenizer: str | None = None, eval_every: int | None = None,
-          eval_batches: int = DEFAULT_EVAL_BATCHES, ckpt_every: int | None = None, model_path=None,
+          eval_batches: int | None = None, ckpt_every: int | None = None, model_path=None,
           warmup: int | None = None, stop_at: int | None = None, progress: bool = True, log=print) -> TrainResult:
     """Train (or, with `resume`, continue) a model; `steps` is the total the schedule plans for.
     None means: from the checkpoint when resuming, else the default (preset tiny, corpus
@@ -303,9 +303,13 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     log(f"{s['preset']}: {config} batch {B}, {data.name} ({len(data.train):,} training / {len(data.val):,} "
         f"validation tokens, tokenizer {tok.kind}), backend {backend_name}, ready in {time.perf_counter() - t0:.1f}s")
 
-    eval_every = eval_every or min(500, max(1, steps // 10))
-    ckpt_every = ckpt_every or min(1000, max(1, steps // 4))
-    val_set = [data.val_batch(s["seed"], i, B, T) for i in range(max(1, eval_batches))]
+    # when to evaluate and save: given, else the checkpoint's (so a resumed run logs what the whole run would), else
+    # from the run's length; these change no weight, so a resumed run may change them
+    saved_sched = (ck.state.get("schedule") or {}) if ck is not None else {}
+    eval_every = eval_every or saved_sched.get("eval_every") or min(500, max(1, steps // 10))
+    ckpt_every = ckpt_every or saved_sched.get("ckpt_every") or min(1000, max(1, steps // 4))
+    eval_batches = eval_batches or saved_sched.get("eval_batches") or DEFAULT_EVAL_BATCHES
+    val_set = [data.val_batch(s["seed"], i, B, T) for i in range(eval_batches)]
     param_names = [t["name"] for t in rt.manifest["tensors"] if t["role"] == "parameter"]
     moment_names = [t["name"] for t in rt.manifest["tensors"] if t["role"] == "optimizer_state"]
     uniforms = {"lr": np.float32(s["lr"]), "warmup": np.float32(s["warmup"]), "total_steps": np.float32(steps)}
@@ -336,6 +340,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
         state = {**s, "step": step, "total_steps": steps, "corpus_digest": data.digest,
                  "data": {"stream": "batches", "next_counter": step * B, "rows_per_step": B},
                  "rng": {"batches": step * B, "val": len(val_set) * B},
+                 "schedule": {"eval_every": eval_every, "ckpt_every": ckpt_every, "eval_batches": eval_batches},
                  "history": history, "val_history": val_history}
         png = loss_curve_png(history, val_history, f"{s['preset']} on {data.name} ({tok.kind}), step {step}")
         save_checkpoint(out, params, {**config, "activation": "gelu"}, tok, tgc, optimizer=moments, state=state,
