@@ -60,9 +60,9 @@ def test_parity_exits_nonzero_on_a_failure(monkeypatch):
         import wgpu  # noqa: F401
     except ImportError:
         pytest.skip("wgpu not importable")
-    from tgc.runtime.webgpu import WebGPURuntime  # noqa: F401
-
     from helpers import run_cli
+
+    from tgc.runtime.webgpu import WebGPURuntime  # noqa: F401
 
     rc, out, err = run_cli("parity", "--preset", "tiny", "--steps", "1")  # what CI and users run
     assert rc == 1, (rc, err)

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from helpers import DSL_ERROR, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import DSL_ERROR, run_cli
 from tgc.presets import default_model_path
 
 GPT = default_model_path().read_text()
@@ -130,7 +130,7 @@ def nest_repeat(n: int) -> str:
 
 
 def call_chain(n: int, branching: int) -> str:
-    calls = lambda i: " + ".join([f"f{i + 1}(x)"] * branching)  # noqa: E731
+    calls = lambda i: " + ".join([f"f{i + 1}(x)"] * branching)
     return "".join(f"def f{i}(x) {{ return {calls(i)} }}\n" for i in range(n)) + f"def f{n}(x) {{ return x }}\n"
 
 

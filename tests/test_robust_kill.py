@@ -150,8 +150,7 @@ def _env(**extra) -> dict:
 
 
 def _run(cmd, **extra):
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(**extra), timeout=300)
-    return r
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(**extra), timeout=300, check=False)
 
 
 def _finish(out: Path, corpus: Path) -> None:

@@ -14,6 +14,17 @@ from tgc.frontend.lower import Group, Model, check_entry_points, load_model
 from tgc.frontend.parser import parse_file, parse_text
 
 __all__ = [
-    "Group", "Model", "Module", "ParamSpec", "RUNTIME_KEYS", "check", "check_entry_points", "expand_params", "format_module",
-    "load_model", "parse_file", "parse_text", "resolve_config",
+    "RUNTIME_KEYS",
+    "Group",
+    "Model",
+    "Module",
+    "ParamSpec",
+    "check",
+    "check_entry_points",
+    "expand_params",
+    "format_module",
+    "load_model",
+    "parse_file",
+    "parse_text",
+    "resolve_config",
 ]

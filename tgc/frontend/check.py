@@ -290,11 +290,11 @@ def _check_recursion(funcs: dict):
 def _postorder(calls: dict) -> list:
     """Functions callees-first (the call graph is acyclic here), without recursion."""
     out, seen = [], set()
-    for root in calls:
+    for root, callees in calls.items():
         if root in seen:
             continue
         seen.add(root)
-        stack = [(root, iter(calls[root]))]
+        stack = [(root, iter(callees))]
         while stack:
             n, it = stack[-1]
             m = next(it, None)

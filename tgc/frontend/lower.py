@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from tgc.errors import Loc, ShapeError, TgcError
 from tgc.frontend import ast as A
 from tgc.frontend.check import (
-    BUILTIN_ARITY, MAX_CALL_DEPTH, ParamSpec, as_int, check, consteval, expand_params, resolve_config,
+    BUILTIN_ARITY,
+    MAX_CALL_DEPTH,
+    ParamSpec,
+    as_int,
+    check,
+    consteval,
+    expand_params,
+    resolve_config,
 )
 from tgc.frontend.parser import parse_file, parse_text
 from tgc.ir import build
@@ -304,7 +311,7 @@ class _Lowerer:
         for axis, s in enumerate(subs):
             n = x.shape[axis]
 
-            def bound(part, default):
+            def bound(part, default, n=n):
                 if part is None:
                     return default
                 i = as_int(self.expr(part, env), part.loc, "index")
