@@ -102,7 +102,8 @@ def cmd_generate(a) -> int:
     st = g.stats
     print(
         f"\n\n[{st.new_tokens} new tokens ({st.prompt_tokens} prompt tokens not counted), "
-        f"{st.tokens_per_s:.1f} tokens/s, first token {1000 * st.first_token_s:.1f} ms, "
+        f"{st.tokens_per_s:.1f} tokens/s, first token {1000 * st.first_token_s:.1f} ms "
+        f"({st.open_to_first_token_s:.2f}s after the runtime opened), "
         f"{'KV cache' if not a.no_kv_cache else 'no KV cache'}, {st.backend}]",
         file=sys.stderr,
     )

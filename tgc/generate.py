@@ -43,6 +43,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     first_token_s: float = 0.0
+    open_to_first_token_s: float = 0.0  # from the runtime's opening (pipelines included) to the first token
     total_s: float = 0.0
     tokens_per_s: float = 0.0
     backend: str = ""
@@ -91,17 +92,19 @@ class Generation:
         return "".join(self)
 
 
-def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, allow_nonfinite: bool = False):
-    """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for its
-    config. The memory a generation needs is checked against what is available before the
-    weights are read (from the config) and again before the runtime opens (from the plan)."""
+def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward"),
+                            allow_nonfinite: bool = False):
+    """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
+    its config, ready to run `programs` without delay. The memory a generation needs is checked
+    against what is available before the weights are read (from the config) and again before the
+    runtime opens (from the compiled plan)."""
     def memory(cfg, section):
         require(estimate(cfg, 1, "generate", f"generating from {ckpt}"), log)
 
     ck = load_checkpoint(ckpt, allow_nonfinite=allow_nonfinite, check_memory=memory)
     overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch") or 1)}
     rt = checked_runtime(ck.source, ck.tgc.get("preset"), overrides, backend, "generate", f"generating from {ckpt}",
-                         log, str(ck.path / "model.tg"))
+                         log, str(ck.path / "model.tg"), programs)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -143,7 +146,8 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
              slide: bool = True, log=None, allow_nonfinite: bool = False) -> Generation:
     """Stream up to `max_new_tokens` new tokens after `prompt` from checkpoint directory `ckpt`."""
     validate_options(prompt, max_new_tokens, temperature, top_k, top_p, seed, backend)
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log, allow_nonfinite)
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill", "decode_step") if kv_cache else ("forward",),
+                                     allow_nonfinite)
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
     ids = tok.encode(prompt) or tok.encode("\n")
@@ -172,6 +176,7 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
             now = time.perf_counter()
             if i == 0:
                 stats.first_token_s = now - t0
+                stats.open_to_first_token_s = now - getattr(rt, "opened_at", t0)
             stats.total_s = now - t0
             stats.tokens_per_s = stats.new_tokens / max(stats.total_s, 1e-9)
             piece = dec.push(nxt)

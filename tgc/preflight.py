@@ -222,15 +222,15 @@ def check_manifest(manifest: dict, purpose: str = "train", what: str | None = No
 
 
 def checked_runtime(source: str, preset: str | None, overrides: dict, backend: str = "auto", purpose: str = "train",
-                    what: str | None = None, log=None, filename: str = "model.tg"):
-    """Compile (or reuse) the artifact, check its exact memory plan against what is available,
-    then open a runtime on it: nothing is allocated for a model that does not fit. The numpy
-    backend interprets the compiler's IR in memory and has only the estimate."""
-    from tgc.artifacts import compiled_artifact, open_artifact, runtime_for
+                    what: str | None = None, log=None, filename: str = "model.tg", programs=()):
+    """tgc.artifacts.runtime_for with the exact memory check between compiling and opening:
+    compile (or reuse) the artifact, refuse it if its memory plan does not fit, then open a
+    runtime ready to run `programs`. The numpy backend interprets the compiler's IR in memory
+    and has only the estimate."""
+    from tgc.artifacts import compiled_artifact, runtime_for
     from tgc.runtime import choose_backend, load_manifest
 
-    if choose_backend(backend, None) == "numpy":
-        return runtime_for(source, preset, overrides, "numpy", log, filename)[0]
-    d = compiled_artifact(source, preset, overrides, log, filename)
-    check_manifest(load_manifest(d), purpose, what, log)
-    return open_artifact(d, backend)
+    if choose_backend(backend, None) != "numpy":
+        check_manifest(load_manifest(compiled_artifact(source, preset or "tiny", overrides, log, filename)),
+                       purpose, what, log)
+    return runtime_for(source, preset, overrides, backend, log, filename, programs)[0]

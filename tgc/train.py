@@ -172,8 +172,12 @@ def check_writable(out: Path, need_bytes: int) -> None:
                        f"{out} has {fmt_bytes(free)} free")
 
 
-def loss_curve_png(history: list, val_history: list, title: str) -> bytes:
-    import matplotlib
+def loss_curve_png(history: list, val_history: list, title: str) -> bytes | None:
+    """The loss curve as PNG bytes; None where matplotlib is not installed (no plot then)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -291,7 +295,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     check_writable(out, 3 * 4 * n_params + 4 * (len(data.val) + 1024))
 
     t0 = time.perf_counter()
-    rt = checked_runtime(source, s["preset"], {**config, "batch": B}, backend, "train", what, log, filename)
+    rt = checked_runtime(source, s["preset"], {**config, "batch": B}, backend, "train", what, log, filename,
+                         ("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
     rt.init_state(s["seed"])
     start = 0
@@ -344,7 +349,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                  "history": history, "val_history": val_history}
         png = loss_curve_png(history, val_history, f"{s['preset']} on {data.name} ({tok.kind}), step {step}")
         save_checkpoint(out, params, {**config, "activation": "gelu"}, tok, tgc, optimizer=moments, state=state,
-                        source=source, extra={"loss.png": png})
+                        source=source, extra={"loss.png": png} if png else None)
         saved = step
 
     from tqdm import tqdm
@@ -368,6 +373,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                     raise diverged(step, f"the loss is {last_loss}")
                 if "grad_norm" in outs and not math.isfinite(float(outs["grad_norm"])):
                     raise diverged(step, f"the gradient norm is {float(outs['grad_norm'])}")
+                if step == start + 1 and hasattr(rt, "opened_at"):
+                    log(f"step {step} done {time.perf_counter() - rt.opened_at:.2f}s after the runtime opened")
                 history.append([step, last_loss])
                 tokens += B * T
                 if step % eval_every == 0 or step == steps:
