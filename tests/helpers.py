@@ -59,17 +59,20 @@ def tree_digest(d: Path) -> dict[str, str]:
     return out
 
 
-def assert_close(actual, expected, rtol: float, atol: float = 0.0, name: str = "") -> None:
-    """The one comparison helper: shape exact; integer tensors equal; non-finite values where the
-    reference has them; then tgc.compare's rule, max|a - b| <= atol + rtol * max|b| over the finite
-    elements (the message gives max abs and max relative error)."""
-    a, b = np.asarray(actual), np.asarray(expected)
-    assert a.shape == b.shape, f"{name}: shape {a.shape} != {b.shape}"
-    if b.dtype.kind in "iub" or a.dtype.kind in "iub":
+def assert_close(got, want, rtol: float, atol: float = 1e-6, name: str = "") -> None:
+    """The one comparison helper, for every test: shape exact and the same kind of dtype; integer
+    tensors equal; non-finite values exactly where the reference has them; then tgc.compare's
+    rule over the finite elements, max|got - want| <= atol + rtol * max|want| (error against
+    the reference tensor's scale), with max abs and max relative error in the message."""
+    a, b = np.asarray(got), np.asarray(want)
+    assert a.shape == b.shape and a.dtype.kind == b.dtype.kind, f"{name}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
+    if b.dtype.kind in "iub":
         np.testing.assert_array_equal(a, b, err_msg=name)
         return
     fa, fb = np.isfinite(a), np.isfinite(b)
-    assert (fa == fb).all() and (a[~fb] == b[~fb]).all(), f"{name}: non-finite values differ"
+    assert (fa == fb).all() and np.array_equal(a[~fb], b[~fb], equal_nan=True), f"{name}: non-finite values differ"
+    if not fb.any():
+        return
     row = compare(name, a[fb], b[fb], rtol, atol)
-    assert row.ok, (f"{name}: max abs err {row.max_abs:.3g}, max rel err {row.max_rel:.3g}, tolerance {row.tol:.3g} "
+    assert row.ok, (f"{name}: max abs err {row.max_abs:.3g}, max rel err {row.max_rel:.3g} > tolerance {row.tol:.3g} "
                     f"(rtol {rtol}, atol {atol}, scale {row.scale:.3g})")

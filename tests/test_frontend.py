@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from tgc.errors import DslSyntaxError, TgcError
 from tgc.frontend import check, format_module, load_model, parse_file, parse_text
@@ -280,7 +281,7 @@ def test_gpt_logits_match_numpy_gpt2(T, pos):
     (got,) = evaluate([logits], {**P, "idx": idx, "pos": pos}, float_dtype=np.float64)
     want = reference_logits(P, idx, m.config, pos)
     # 1e-6, not 1e-12: the interpreter evaluates ATTENTION's decomposition in f32 even in an f64 run
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_close(got, want, 1e-5, 1e-6, f"logits T={T} pos={pos}")
 
 
 def test_language_features_lower():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from tgc import rng
 from tgc.checkpoint import (
@@ -423,7 +424,7 @@ def test_checkpoint_loads_in_transformers(trained):
     assert transformers.AutoTokenizer.from_pretrained(str(trained)).encode(text) == ids
     with torch.no_grad():
         hf_logits = model.eval()(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(_tgc_logits(trained, ids), hf_logits, atol=HF_ATOL, rtol=0)
+    assert_close(_tgc_logits(trained, ids), hf_logits, 0, HF_ATOL, "logits vs transformers")
 
 
 @pytest.mark.parametrize("activation,eps", [("gelu_new", 1e-5), ("gelu", 1e-6)])
@@ -447,7 +448,7 @@ def test_import_hf_matches_transformers(activation, eps, tmp_path):
     with torch.no_grad():
         hf_logits = model(torch.tensor([ids])).logits[0].numpy()
         hf_greedy = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
-    np.testing.assert_allclose(_tgc_logits(tmp_path / "ck", ids), hf_logits, atol=HF_ATOL, rtol=0)
+    assert_close(_tgc_logits(tmp_path / "ck", ids), hf_logits, 0, HF_ATOL, "logits vs transformers")
     g = generate(tmp_path / "ck", "Hello, world", max_new_tokens=12, temperature=0, backend="numpy")
     assert "".join(g)
     assert g.stats.token_ids == hf_greedy

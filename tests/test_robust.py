@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_user_error, run_cli, tree_digest
+from helpers import assert_close, assert_user_error, run_cli, tree_digest
 
 from tgc import checkpoint as C
 from tgc.checkpoint import load_checkpoint, save_checkpoint
@@ -291,7 +291,7 @@ def test_half_precision_weights_load_and_are_not_called_mixed_saves(ck, dtype):
     _tensor_as(dtype)(ck / C.WEIGHTS)
     got = load_checkpoint(ck).params["transformer.wpe.weight"]
     want = load_checkpoint_params_f32(ck)
-    np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+    assert_close(got, want, 1e-2, 0, f"{dtype} weights")
 
 
 def load_checkpoint_params_f32(d):

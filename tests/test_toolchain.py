@@ -156,8 +156,8 @@ def test_memory_view_bounds():
 
 
 ADD_WGSL = """
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 
 @compute @workgroup_size(64)
@@ -170,28 +170,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @pytest.mark.gpu
 def test_webgpu_add_arrays():
-    """One WGSL kernel through tgc's GPU wrapper: the device with the adapter's limits, the
-    pipeline and bind group built as the runtime builds them, and its WGSL-error reporting."""
+    """One WGSL kernel through tgc's GPU wrapper: the device with the adapter's limits, the shared
+    bind group layouts and the pipeline built as the runtime builds them, and its WGSL errors."""
     from tgc.runtime.webgpu import GPU
 
     gpu = GPU()
     n = 1000
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
-    bufs = {"a": gpu.buffer(a.nbytes), "b": gpu.buffer(b.nbytes), "c": gpu.buffer(a.nbytes)}
-    gpu.queue.write_buffer(bufs["a"], 0, a.tobytes())
-    gpu.queue.write_buffer(bufs["b"], 0, b.tobytes())
-    bindings = [(0, "a", "read"), (1, "b", "read"), (2, "c", "read_write")]
-    pipeline, layout = gpu.pipeline("add", ADD_WGSL, bindings, None)
-    assert gpu.pipeline("add", ADD_WGSL, bindings, None)[0] is pipeline  # cached by source and bindings
+    bufs = [gpu.buffer(a.nbytes) for _ in range(3)]
+    gpu.queue.write_buffer(bufs[0], 0, a.tobytes())
+    gpu.queue.write_buffer(bufs[1], 0, b.tobytes())
+    pipeline, layout = gpu.pipeline("add", ADD_WGSL, 3, None)
+    assert gpu.bind_group_layout(3, None)[0] is layout  # one layout per binding shape, shared by kernels
+    group = gpu.device.create_bind_group(layout=layout, entries=[
+        {"binding": i, "resource": {"buffer": buf, "offset": 0, "size": buf.size}} for i, buf in enumerate(bufs)])
     encoder = gpu.device.create_command_encoder()
     compute = encoder.begin_compute_pass()
     compute.set_pipeline(pipeline)
-    compute.set_bind_group(0, gpu.bind_group(layout, bindings, bufs, None, None))
+    compute.set_bind_group(0, group)
     compute.dispatch_workgroups(-(-n // 64))
     compute.end()
     gpu.queue.submit([encoder.finish()])
-    c = np.frombuffer(gpu.queue.read_buffer(bufs["c"], 0, a.nbytes), dtype=np.float32)
+    c = np.frombuffer(gpu.queue.read_buffer(bufs[2], 0, a.nbytes), dtype=np.float32)
     np.testing.assert_array_equal(c, a + b)  # one f32 add each: exact
     with pytest.raises(TgcError, match="WGSL error in kernel broken"):
-        gpu.pipeline("broken", ADD_WGSL.replace("a[i] + b[i]", "a[i] + q[i]"), bindings, None)
+        gpu.pipeline("broken", ADD_WGSL.replace("a[i] + b[i]", "a[i] + q[i]"), 3, None)
