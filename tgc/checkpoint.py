@@ -9,14 +9,15 @@
     CKPT/loss.png                the loss curve (train.py)
 
 `transformers.GPT2LMHeadModel.from_pretrained(CKPT)` and `PreTrainedTokenizerFast(tokenizer_file=...)`
-load it as it is. Saving is atomic as a whole: every file is written to a temporary
-beside its final name and fsynced, then all are renamed with Ctrl-C held off, so an
-interrupted save leaves the previous checkpoint intact. Every file of one save carries
-the same checkpoint id, and loading refuses a directory whose files disagree. Loading
-checks everything (files present and readable, tensor names and shapes against the
-config, tokenizer vocabulary against the model's) and raises a one-line TgcError
-without touching the files. What this leaves out: sharded or non-GPT-2 layouts (only
-for import), and models whose parameters are not GPT-2's.
+load it as it is. A save is atomic as a set: it is built complete in a sibling directory and
+switched in whole (see "atomic checkpoint sets" below, and docs/usage.md), so a kill at any
+instant leaves the previous save or the new one, never a mix; every file of one save also
+carries the same checkpoint id, and loading refuses files from different saves. Loading
+checks everything (every config.json / tokenizer_config.json / trainer_state.json field by
+type and range, files present and readable, tensor names, dtypes, shapes and finiteness,
+the tokenizer's vocabulary against the model's) and raises a one-line TgcError without
+touching the files. What this leaves out: sharded or non-GPT-2 layouts (only for import),
+and models whose parameters are not GPT-2's.
 """
 
 from __future__ import annotations

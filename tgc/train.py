@@ -12,6 +12,12 @@ same --steps). Every `eval_every` steps the mean eval_loss over a fixed set of
 `eval_batches` validation batches is logged; every `ckpt_every` steps, at the end and on
 Ctrl-C (first press: finish the step, save, stop; second press: stop at once) a
 checkpoint is written (tgc/checkpoint.py) with loss.png beside it.
+
+Nothing is lost: every option is checked before anything is read; --out must be absent,
+empty, or (resuming) a checkpoint, and writable before the first step; the memory a run
+needs is stated, and refused when it exceeds what is available, before allocating
+(tgc/preflight.py); a non-finite loss or weight stops the run (Diverged) without saving,
+so the last checkpoint is the last finite one.
 """
 
 from __future__ import annotations
