@@ -121,7 +121,6 @@ def profile_train(preset: str, tmp: Path) -> dict:
 def bench_torch_train(preset: str, steps: int, attention: str = "sdpa") -> dict:
     """The same model in PyTorch CPU, one thread (benchmarks/torch_gpt.py)."""
     import torch
-
     from torch_gpt import make_train_step
 
     torch.set_num_threads(1)

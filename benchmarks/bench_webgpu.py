@@ -143,7 +143,6 @@ def bench_wgsl_train(preset: str, steps: int, artifacts: str | None = None) -> d
 
 def bench_torch_train(preset: str, steps: int) -> dict:
     import torch
-
     from torch_gpt import make_train_step
 
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -8,6 +8,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -119,8 +120,9 @@ def cmd_parity(a) -> int:
 def cmd_import(a) -> int:
     from tgc.checkpoint import import_hf
 
-    import_hf(a.src, a.out)
-    print(f"imported {a.src} -> {a.out}")
+    ck = import_hf(a.src, a.out)
+    t = json.loads((ck / "config.json").read_text())["tgc"]
+    print(f"imported {a.src} -> {a.out} ({t['params']:,} parameters, preset {t['preset'] or 'none (sizes from config.json)'})")
     return 0
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from tgc import presets
 from tgc.artifact import KernelInfo, KernelParam, Manifest, Place, ProgramInfo, write_manifest
 from tgc.errors import TgcError
+from tgc.ir import schedule as S
 from tgc.ir.kernel import Kernel, format_kernel
 from tgc.ir.kpasses import dedup, run_kernel_passes
 from tgc.ir.memplan import MemoryPlan, plan_memory
 from tgc.ir.passes import run_passes
 from tgc.ir.printer import format_graph, format_program
 from tgc.ir.program import PROGRAMS, Program, TrainConfig, build_programs
-from tgc.ir.schedule import MAX_BINDING_BYTES, Schedule, schedule
+from tgc.ir.schedule import Schedule, schedule
 from tgc.ir.verify import verify_program
 
 TARGETS = ("wgsl", "wasm")
@@ -271,11 +272,12 @@ def _emit_wgsl(compiled: Compiled, out: Path, dump_dir) -> dict:
         ki = m.kernels[name]
         m.kernels[name] = KernelInfo(ki.name, ki.kind, ki.params, ki.uniforms, ki.decisions, {
             "file": rel, "workgroup_size": list(r.workgroup_size), "dispatch": list(r.dispatch),
-            "workgroup_bytes": r.workgroup_bytes, "uniform_binding": r.uniform_binding, "chunks": r.chunks})
+            "workgroup_bytes": r.workgroup_bytes, "uniform_binding": r.uniform_binding, "chunks": r.chunks,
+            "chunk_bytes": r.chunk_bytes})
         stats["max_storage_buffers"] = max(stats["max_storage_buffers"], sum(r.chunks))
         stats["max_workgroup_bytes"] = max(stats["max_workgroup_bytes"], r.workgroup_bytes)
         stats["max_invocations"] = max(stats["max_invocations"], math.prod(r.workgroup_size))
-    return {"dir": "kernels", "kernels": len(compiled.kernels), "max_binding_bytes": MAX_BINDING_BYTES,
+    return {"dir": "kernels", "kernels": len(compiled.kernels), "max_binding_bytes": S.MAX_BINDING_BYTES,
             "max_buffer_bytes": max(m.buffers.values(), default=0), **stats}
 
 

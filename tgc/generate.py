@@ -19,7 +19,9 @@ temperature, then top-k, then top-p (the smallest set of most likely tokens whos
 reaches p), and the token is drawn by inverting the CDF in token-id order with
 u = rng.uniform(seed, "sample", 1, start=i) for the i-th new token -- so a (seed, prompt)
 pair gives the same text on every backend whose logits agree. An empty prompt starts
-from "\\n". Stats: first_token_s is the time to the first new token (prefill included);
+from "\\n". Generation also stops after the model's end-of-text token (config.json's
+eos_token_id, as transformers' generate does; <|endoftext|> in GPT-2), which is counted
+but not printed. Stats: first_token_s is the time to the first new token (prefill included);
 tokens_per_s counts new tokens only (the prompt is not counted) over the whole call.
 """
 
@@ -146,10 +148,12 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
              slide: bool = True, log=None, allow_nonfinite: bool = False) -> Generation:
     """Stream up to `max_new_tokens` new tokens after `prompt` from checkpoint directory `ckpt`."""
     validate_options(prompt, max_new_tokens, temperature, top_k, top_p, seed, backend)
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill", "decode_step") if kv_cache else ("forward",),
-                                     allow_nonfinite)
+    # the first token needs prefill only (or forward): decode_step's pipelines are built at its
+    # first run, after the first token is out
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",), allow_nonfinite)
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
+    eos = ck.config.get("eos_token_id")
     ids = tok.encode(prompt) or tok.encode("\n")
     stats = GenerationStats(prompt_tokens=len(ids), backend=getattr(rt, "backend", backend), token_ids=[])
 
@@ -179,6 +183,8 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
                 stats.open_to_first_token_s = now - getattr(rt, "opened_at", t0)
             stats.total_s = now - t0
             stats.tokens_per_s = stats.new_tokens / max(stats.total_s, 1e-9)
+            if nxt == eos:
+                break
             piece = dec.push(nxt)
             if piece:
                 yield piece
