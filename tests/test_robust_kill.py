@@ -39,12 +39,26 @@ def _params(step: int) -> dict:
             for k, s in C.param_shapes(TINY).items()}
 
 
+class _Tokenizer:
+    """The byte tokenizer as save_checkpoint sees it, its JSON made up front: the forked children
+    below then run no Rust library code (its thread pools do not survive a fork)."""
+
+    kind, vocab_size, _json = "byte", 256, None
+
+    def to_json(self) -> str:
+        return self._json
+
+
+_Tokenizer._json = byte_tokenizer().to_json()
+
+
 def _save(out: Path, step: int) -> dict:
     """A resumable checkpoint of _params(step); returns its params."""
     params = _params(step)
     opt = {f"{m}/{k}": v * 0.5 for k, v in params.items() for m in ("adam_m", "adam_v")}
-    state = {"step": step, "seed": 0, "batch": 16, "history": [[i, 1.0] for i in range(1, step + 1)]}
-    save_checkpoint(out, params, TINY, byte_tokenizer(), {"preset": "tiny", "batch": 16, "step": step},
+    state = {"step": step, "seed": 0, "batch": 16, "history": [[i, 1.0] for i in range(1, step + 1)],
+             "data": {"stream": "batches", "next_counter": step * 16, "rows_per_step": 16}}
+    save_checkpoint(out, params, TINY, _Tokenizer(), {"preset": "tiny", "batch": 16, "step": step},
                     optimizer=opt, state=state)
     return params
 
