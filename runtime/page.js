@@ -21,6 +21,7 @@ function enable(on) {
 }
 
 async function main() {
+  if (new URLSearchParams(location.search).has("noload")) return; // tests drive the library themselves
   try {
     page.site = await (await fetch("site.json")).json();
   } catch (e) {

@@ -118,6 +118,7 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
     from tgc.data import load_text
     from tgc.tokenizer import byte_tokenizer
 
+    log = log or (lambda *a: None)
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "site.json").exists())):
         raise TgcError(f"{out} exists and is not a previous bundle (no site.json); choose another -o")

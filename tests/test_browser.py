@@ -1,0 +1,669 @@
+"""The browser runtime (runtime/) in headless Chromium, against the Python runtimes.
+
+Chromium is Debian's `chromium`, driven by Playwright for Python; WebGPU runs on
+SwiftShader, WebAssembly Memory64 on V8. The site under test is what `tgc bundle`
+writes, served by tgc.serve (COOP/COEP). What is compared, and how closely:
+
+- host RNG, parameter init, batch offsets: bit for bit (same 32-bit integer hash;
+  Box-Muller in float64 rounded to f32);
+- training losses over 20 steps: the browser's wasm executor runs the very model.wasm
+  the Python wasm runtime runs, and wasm arithmetic is deterministic (no relaxed SIMD),
+  so its losses must be *identical*; the WebGPU executor is another target and gets
+  docs/parity.md's tolerances (1e-5 for a loss after one step, 5e-3 after N steps);
+- generation: token ids equal to `tgc generate` (greedy and seeded sampling);
+- tokenizers: ids identical to the Python `tokenizers` library;
+- checkpoints: files that tgc/checkpoint.py and transformers load, and back.
+
+Marked `browser`; skipped with the reason when chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tgc.compare import compare
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-default-apps", "--mute-audio",
+]
+LOSS_1 = dict(rtol=1e-5, atol=1e-6)   # docs/parity.md: a loss after one step
+LOSS_N = dict(rtol=5e-3)              # docs/parity.md: a loss after N steps
+STEPS = 20
+
+# JS helpers every evaluate() gets: typed arrays cross as base64 of their bytes
+JS = """
+const b64 = (a) => { const u = new Uint8Array(a.buffer, a.byteOffset, a.byteLength); let s = "";
+  for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode.apply(null, u.subarray(i, i + 0x8000)); return btoa(s); };
+const unb64 = (s, C = Uint8Array) => { const b = atob(s); const u = new Uint8Array(b.length);
+  for (let i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return new C(u.buffer); };
+const tgc = await import("/runtime/tgc.js");
+"""
+
+
+def _b64(s: str, dtype) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=dtype)
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+class Site:
+    """A bundled site served on localhost, and pages on it."""
+
+    def __init__(self, path: Path, browser):
+        from tgc.serve import serve_in_thread
+
+        self.path = path
+        self.srv, self.url = serve_in_thread(path)
+        self.browser = browser
+        self.errors: list[str] = []
+
+    def page(self, path="index.html?noload"):
+        ctx = self.browser.new_context(accept_downloads=True)
+        pg = ctx.new_page()
+        pg.on("pageerror", lambda e: self.errors.append(str(e)))
+        pg.goto(self.url + path)
+        return pg
+
+    def run(self, body: str, arg=None, page=None):
+        """Evaluate `body` (an async function body with `arg`, JS helpers and `tgc` in scope)."""
+        own = page is None
+        pg = page or self.page()
+        try:
+            return pg.evaluate(f"async (arg) => {{ {JS}\n{body} }}", arg)
+        finally:
+            if own:
+                pg.context.close()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def _bundle(tmp_path_factory, name, **kw):
+    from tgc.bundle import bundle
+
+    return bundle(out=tmp_path_factory.mktemp(name) / "site", log=None, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny(browser, tmp_path_factory):
+    s = Site(_bundle(tmp_path_factory, "tiny", preset="tiny"), browser)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def small(browser, tmp_path_factory):
+    s = Site(_bundle(tmp_path_factory, "small", preset="small"), browser)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """`tgc train` on the Python wasm runtime: 20 steps of tiny and small (seed 0), the
+    checkpoints they write (tiny also at step 10, resumable), and their histories."""
+    from tgc.train import train
+
+    out = {}
+    root = tmp_path_factory.mktemp("ref")
+    for preset in ("tiny", "small"):
+        r = train(preset, "shakespeare", steps=STEPS, out=root / preset, backend="wasm", seed=0, progress=False, log=None)
+        out[preset] = {"losses": [l for _, l in r.history], "ckpt": root / preset, "val": r.val_loss}
+    half = train("tiny", "shakespeare", steps=STEPS, out=root / "tiny-half", backend="wasm", seed=0, stop_at=10,
+                 progress=False, log=None)
+    assert half.step == 10
+    out["tiny-half"] = root / "tiny-half"
+    return out
+
+
+def _backends(site):
+    m = json.loads((site.path / "artifact" / "manifest.json").read_text())
+    return ["wasm", "webgpu"] if m.get("version", 1) >= 2 else ["wasm"]
+
+
+def _need_backend(site, backend):
+    if backend not in _backends(site):
+        pytest.skip("the WebGPU executor reads artifact format version 2; this artifact is older")
+
+
+# ---------------------------------------------------------------- host RNG, init, batches, sampling
+
+def test_rng_init_and_batches_bit_identical(tiny):
+    from tgc import rng
+    from tgc.data import Dataset, load_text, split_text, tokenize_text
+    from tgc.runtime.base import initial_state, load_manifest
+    from tgc.tokenizer import byte_tokenizer
+
+    streams = ["batches", "sample", "val", "transformer.h.0.attn.c_attn.weight", "naïve ünïcødé ☃", 7, 2**32 + 5]
+    starts = [0, 1, 12345, 2**31 - 3, 2**32 - 2, 2**40 + 17]
+    seeds = [0, 1, 42, 2**31 + 7, -1]
+    js = tiny.run("""
+      const out = {bits: [], uni: [], norm: [], init: {}};
+      for (const seed of arg.seeds) for (const s of arg.streams) for (const st of arg.starts) {
+        out.bits.push(Array.from(tgc.rng.bits(seed, s, st, 5)));
+        out.uni.push(Array.from(tgc.rng.uniform(seed, s, 3, st)));
+      }
+      for (const seed of arg.seeds) for (const s of arg.streams) out.norm.push(b64(tgc.rng.normal(seed, s, 257, 0.02)));
+      const m = await (await fetch("/artifact/manifest.json")).json();
+      for (const seed of [0, 12345]) for (const t of m.tensors) if (t.role === "parameter") out.init[seed + "/" + t.name] = b64(tgc.initValue(t, seed));
+      const text = await (await fetch("/corpora/shakespeare.txt")).text();
+      const ds = await tgc.Dataset.fromText("shakespeare", text, tgc.Tokenizer.byte(), 32);
+      out.split = [ds.train.length, ds.val.length, ds.digest];
+      out.batches = [1, 2, 1000, 123457].map((s) => { const b = ds.batch(3, s, 16, 32); return [b64(b.idx), b64(b.targets)]; });
+      out.val = [0, 7].map((i) => b64(ds.valBatch(3, i, 16, 32).idx));
+      return out;""", {"seeds": [s & 0xFFFFFFFF if s >= 0 else s for s in seeds], "streams": streams, "starts": starts})
+    k = 0
+    for seed in seeds:
+        for s in streams:
+            for st in starts:
+                assert js["bits"][k] == rng.bits(seed & 0xFFFFFFFF, s, st, 5).tolist(), (seed, s, st)
+                assert js["uni"][k] == rng.uniform(seed & 0xFFFFFFFF, s, 3, st).tolist(), (seed, s, st)
+                k += 1
+    k = 0
+    for seed in seeds:
+        for s in streams:
+            assert np.array_equal(_b64(js["norm"][k], np.float32), rng.normal(seed & 0xFFFFFFFF, s, 257, 0.02)), (seed, s)
+            k += 1
+    manifest = load_manifest(tiny.path / "artifact")
+    n = 0
+    for seed in (0, 12345):
+        for name, want in initial_state(manifest, seed).items():
+            if name.startswith(("adam_", "kv")) or f"{seed}/{name}" not in js["init"]:
+                continue
+            got = _b64(js["init"][f"{seed}/{name}"], np.float32)
+            assert np.array_equal(got, want.ravel()), f"init of {name} (seed {seed}) differs"
+            n += 1
+    assert n == 2 * len(manifest["model"]["params"])
+    name, text = load_text("shakespeare")
+    tr, va = split_text(text)
+    tok = byte_tokenizer()
+    ds = Dataset(name, hashlib.sha256(text.encode()).hexdigest(), tokenize_text(tok, tr), tokenize_text(tok, va))
+    assert js["split"] == [len(ds.train), len(ds.val), ds.digest]
+    for (idx, tgt), step in zip(js["batches"], [1, 2, 1000, 123457]):
+        want_i, want_t = ds.batch(3, step, 16, 32)
+        assert np.array_equal(_b64(idx, np.int32), want_i.ravel()) and np.array_equal(_b64(tgt, np.int32), want_t.ravel())
+    for v, i in zip(js["val"], [0, 7]):
+        assert np.array_equal(_b64(v, np.int32), ds.val_batch(3, i, 16, 32)[0].ravel())
+
+
+def test_sampling_rule_matches_python(tiny):
+    from tgc import rng
+    from tgc.generate import sample
+
+    r = np.random.default_rng(0)
+    cases = []
+    for i in range(300):
+        logits = (r.standard_normal(256) * r.uniform(0.5, 4)).astype(np.float32)
+        if i % 7 == 0:
+            logits[r.integers(0, 256, 5)] = logits.max()  # ties
+        temp = [0.0, 0.5, 0.8, 1.0, 1.7][i % 5]
+        top_k = [None, 1, 5, 40, 300][i // 5 % 5]
+        top_p = [None, 0.5, 0.9, 1.0][i // 25 % 4]
+        u = float(rng.uniform(i, "sample", 1, start=i)[0])
+        cases.append({"logits": base64.b64encode(logits.tobytes()).decode(), "t": temp, "k": top_k, "p": top_p, "u": u,
+                      "want": sample(logits, temp, top_k, top_p, u)})
+    got = tiny.run("""return arg.map((c) => tgc.sample(unb64(c.logits, Float32Array), c.t, c.k, c.p, c.u));""", cases)
+    assert got == [c["want"] for c in cases]
+
+
+# ---------------------------------------------------------------- training parity
+
+def _train_in_browser(site, backend, steps=STEPS, seed=0):
+    return site.run("""
+      const m = await tgc.openArtifact("/artifact/", {backend: arg.backend, tokenizer: "/tokenizer.json"});
+      await m.init(arg.seed);
+      await m.setCorpus("shakespeare", await (await fetch("/corpora/shakespeare.txt")).text());
+      m.configure({totalSteps: arg.steps});
+      const t0 = performance.now();
+      const losses = (await m.train(arg.steps)).map((r) => r.loss);
+      const ms = performance.now() - t0;
+      const val = await m.evaluate();
+      const info = m.info;
+      await m.close();
+      return {losses, val, ms, info};""", {"backend": backend, "steps": steps, "seed": seed})
+
+
+@pytest.mark.parametrize("preset,backend", [("tiny", "wasm"), ("tiny", "webgpu"), ("small", "wasm"), ("small", "webgpu")])
+def test_training_parity(request, reference, preset, backend):
+    site = request.getfixturevalue(preset)
+    _need_backend(site, backend)
+    r = _train_in_browser(site, backend)
+    want = reference[preset]["losses"]
+    got = r["losses"]
+    assert len(got) == STEPS and r["info"]["backend"] == backend
+    print(f"{preset} {backend}: {r['ms'] / STEPS:.1f} ms/step in the browser")
+    if backend == "wasm":
+        # the same module on a deterministic ISA: bit-identical to wasmtime
+        assert got == want, f"first difference at step {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b) + 1}"
+        assert r["val"] == pytest.approx(reference[preset]["val"], rel=1e-12)
+        return
+    row = compare("loss after step 1", got[0], want[0], **LOSS_1)
+    assert row.ok, row.format()
+    for i in range(STEPS):
+        row = compare(f"loss after step {i + 1}", got[i], want[i], **LOSS_N)
+        assert row.ok, row.format()
+    assert compare("val loss", r["val"], reference[preset]["val"], **LOSS_N).ok
+
+
+def test_parity_can_fail(tiny, reference):
+    """A different seed (so different weights and batches) is caught by the same comparison."""
+    r = _train_in_browser(tiny, "wasm", steps=3, seed=1)
+    assert r["losses"] != reference["tiny"]["losses"][:3]
+    assert not all(compare("x", a, b, **LOSS_1).ok for a, b in zip(r["losses"], reference["tiny"]["losses"]))
+
+
+# ---------------------------------------------------------------- one artifact, 64-bit memory
+
+def test_browser_runs_the_compiled_module(tiny, tmp_path):
+    from tgc.artifacts import compiled_artifact
+    from tgc import presets
+
+    p = presets.get_preset("tiny")
+    art = compiled_artifact(presets.default_model_path().read_text(), "tiny", {**presets.model_config(p), "batch": p["batch"]})
+    sha = hashlib.sha256((art / "model.wasm").read_bytes()).hexdigest()
+    manifest = json.loads((art / "manifest.json").read_text())
+    info = tiny.run("""const m = await tgc.openArtifact("/artifact/", {backend: "wasm"}); const i = m.info; await m.close(); return i;""")
+    assert info["sha256"] == sha, "the browser ran another model.wasm than tgc compiled"
+    if "sha256" in manifest["wasm"]:
+        assert info["expectedSha256"] == manifest["wasm"]["sha256"] == sha
+    assert info["memory64"] is True, "model.wasm's memory import is not 64-bit"
+    assert info["memoryApi"] in ("address", "index", "index-number")
+    assert info["memoryBytes"] >= manifest["wasm"]["memory_bytes"]
+
+
+def test_browser_refuses_a_32bit_or_foreign_module(tiny, tmp_path):
+    """The checks can fail: a 32-bit module, and (with the v2 manifest's sha256) a module
+    other than the compiled one, are refused with a clear message."""
+    site = tmp_path / "site"
+    shutil.copytree(tiny.path, site)
+    # (module (import "env" "memory" (memory 1)) (func (export "train_step")))
+    wasm32 = bytes([0, 97, 115, 109, 1, 0, 0, 0, 1, 4, 1, 96, 0, 0, 2, 15, 1, 3, 101, 110, 118, 6, 109, 101, 109, 111,
+                    114, 121, 2, 0, 1, 3, 2, 1, 0, 7, 14, 1, 10, 116, 114, 97, 105, 110, 95, 115, 116, 101, 112, 0, 0,
+                    10, 4, 1, 2, 0, 11])
+    (site / "artifact" / "model.wasm").write_bytes(wasm32)
+    s = Site(site, tiny.browser)
+    try:
+        err = s.run("""try { await tgc.openArtifact("/artifact/", {backend: "wasm"}); return null; } catch (e) { return e.message; }""")
+    finally:
+        s.close()
+    assert err is not None
+    assert "differs from the manifest" in err or "64-bit memory" in err, err
+
+
+def test_memory64_kernels_beyond_4gib(browser, tmp_path):
+    """Tensors placed past 4 GiB in a 64-bit memory (the first straddles the boundary):
+    a matmul, a row max + exp, and a column sum, run in the browser, equal numpy."""
+    from tgc.codegen.llvm import build_kernels
+    from tgc.ir import build as b
+    from tgc.ir.passes import run_passes
+    from tgc.ir.program import Program
+    from tgc.ir.schedule import schedule
+
+    a, w = b.input("a", (24, 40)), b.input("w", (40, 33))
+    h = b.matmul(a, w)
+    outs = {"h": h, "p": b.exp(b.sub(h, b.expand(b.reduce_max(h, 1), (24, 33)))), "s": b.reduce_sum(h, 0)}
+    s = schedule(Program("run", outs).map_graph(run_passes))
+    tensors = {n: (t.shape, t.dtype) for n, t in s.tensors.items()}
+    art = build_kernels(s.kernels, tensors, tmp_path / "site" / "k", base=(4 << 30) - 2048)
+    (tmp_path / "site" / "index.html").write_text("<!doctype html><title>memory64</title>")
+    shutil.copytree(Path(__file__).resolve().parent.parent / "runtime", tmp_path / "site" / "runtime")
+    manifest = json.loads((art / "manifest.json").read_text())
+    rng_ = np.random.default_rng(0)
+    av, wv = rng_.standard_normal((24, 40)).astype(np.float32), rng_.standard_normal((40, 33)).astype(np.float32)
+    addr = {n: manifest["wasm"]["buffers"][n] for n in tensors}
+    assert all(addr[n] + 4 * math.prod(tensors[n][0]) > 4 << 30 for n in tensors)
+    site = Site(tmp_path / "site", browser)
+    try:
+        r = site.run("""
+          const {WasmExecutor} = await import("/runtime/wasm.js");
+          const m = arg.manifest;
+          const ex = await WasmExecutor.open(m, new URL("/k/", location.href));
+          await ex.write("a", unb64(arg.a, Float32Array));
+          await ex.write("w", unb64(arg.w, Float32Array));
+          await ex.callExport(m.wasm.exports.run);
+          const out = {};
+          for (const n of arg.names) out[n] = b64(await ex.read(n));
+          const info = ex.info; await ex.close();
+          return {out, info};""", {"manifest": manifest, "a": base64.b64encode(av.tobytes()).decode(),
+                                   "w": base64.b64encode(wv.tobytes()).decode(), "names": list(outs)})
+    finally:
+        site.close()
+    assert r["info"]["memory64"] and r["info"]["memoryBytes"] > 4 << 30
+    hv = av.astype(np.float64) @ wv.astype(np.float64)
+    want = {"h": hv, "p": np.exp(hv - hv.max(1, keepdims=True)), "s": hv.sum(0)}
+    for n, wv_ in want.items():
+        got = _b64(r["out"][n], np.float32).reshape(wv_.shape)
+        row = compare(n, got, wv_, rtol=1e-5, atol=1e-6)
+        assert row.ok, row.format()
+
+
+def test_too_big_for_the_browser_is_a_message_not_a_crash(tiny, tmp_path):
+    """A model needing more memory than a browser gives (here 20 GiB of wasm memory and
+    buffers past WebGPU's limits) is refused before anything is allocated, with a message."""
+    site = tmp_path / "site"
+    shutil.copytree(tiny.path, site)
+    mp = site / "artifact" / "manifest.json"
+    m = json.loads(mp.read_text())
+    m["wasm"]["memory_bytes"] = 20 << 30
+    for buf in m["buffers"]:
+        buf["size"] = 8 << 30
+    mp.write_text(json.dumps(m))
+    s = Site(site, tiny.browser)
+    try:
+        pg = s.page("index.html")
+        pg.wait_for_function("window.tgcPage && (window.tgcPage.ready || window.tgcPage.error)", timeout=60_000)
+        msg = pg.evaluate("window.tgcPage.error")
+        assert pg.evaluate("document.getElementById('status').className") == "error"
+        assert pg.evaluate("window.tgcPage.model") is None
+        pg.screenshot(path=str(tmp_path / "too-big.png"))
+        pg.context.close()
+    finally:
+        s.close()
+    assert msg and "20.00 GiB" in msg and "cannot run this model" in msg, msg
+    assert not s.errors, s.errors
+
+
+# ---------------------------------------------------------------- generation
+
+def _generate_in_browser(site, backend, prompt, n, **opts):
+    return site.run("""
+      const m = await tgc.openArtifact("/artifact/", {backend: arg.backend, tokenizer: "/tokenizer.json"});
+      await m.importCheckpoint(new Uint8Array(await (await fetch("/checkpoint.zip")).arrayBuffer()));
+      const out = {};
+      for (const kv of [true, false]) {
+        const g = m.generate(arg.prompt, {maxNewTokens: arg.n, kvCache: kv, ...arg.opts});
+        const pieces = [];
+        for await (const p of g) pieces.push(p);
+        out[kv ? "kv" : "nokv"] = {pieces, ids: g.stats.tokenIds, stats: g.stats};
+      }
+      await m.close();
+      return out;""", {"backend": backend, "prompt": prompt, "n": n, "opts": opts})
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt_site(browser, reference, tmp_path_factory):
+    s = Site(_bundle(tmp_path_factory, "tiny-ckpt", ckpt=reference["tiny"]["ckpt"], corpora=[]), browser)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_generation_parity(tiny_ckpt_site, reference, backend):
+    from tgc.generate import generate
+
+    _need_backend(tiny_ckpt_site, backend)
+    ckpt = reference["tiny"]["ckpt"]
+    prompt = "ROMEO:"
+    greedy = generate(ckpt, prompt, max_new_tokens=100, temperature=0, backend="wasm")
+    text = greedy.text
+    sampled = generate(ckpt, prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=7, backend="wasm")
+    sampled_text = sampled.text
+    g = _generate_in_browser(tiny_ckpt_site, backend, prompt, 100, temperature=0)
+    for mode in ("kv", "nokv"):
+        assert g[mode]["ids"] == greedy.stats.token_ids, mode
+        assert "".join(g[mode]["pieces"]) == text
+    assert len(g["kv"]["pieces"]) > 10, "tokens were not streamed as they came"
+    s = _generate_in_browser(tiny_ckpt_site, backend, prompt, 60, temperature=0.8, topK=40, seed=7)
+    assert s["kv"]["ids"] == sampled.stats.token_ids
+    assert "".join(s["kv"]["pieces"]) == sampled_text
+
+
+def test_generate_cli_matches_browser(tiny_ckpt_site, reference):
+    """`tgc generate --temperature 0` as a user runs it."""
+    ckpt = reference["tiny"]["ckpt"]
+    out = subprocess.run([sys.executable, "-m", "tgc", "generate", str(ckpt), "--prompt", "ROMEO:", "--temperature", "0",
+                          "--max-new-tokens", "100", "--backend", "wasm"], capture_output=True, text=True, check=True)
+    g = _generate_in_browser(tiny_ckpt_site, "wasm", "ROMEO:", 100, temperature=0)
+    assert out.stdout.rstrip("\n") == "ROMEO:" + "".join(g["kv"]["pieces"])
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _unzip(b64: str, dst: Path) -> Path:
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(b64))) as z:
+        names = z.namelist()
+        z.extractall(dst)
+    top = {n.split("/")[0] for n in names}
+    assert len(top) == 1, names
+    return dst / top.pop()
+
+
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_checkpoint_exported_in_browser_loads_in_tgc_and_transformers(tiny, tmp_path, backend):
+    from tgc.checkpoint import load_checkpoint
+    from tgc.generate import generate
+    from tgc.train import train
+
+    _need_backend(tiny, backend)
+    r = tiny.run("""
+      const m = await tgc.openArtifact("/artifact/", {backend: arg.backend, tokenizer: "/tokenizer.json"});
+      await m.init(5);
+      await m.setCorpus("shakespeare", await (await fetch("/corpora/shakespeare.txt")).text());
+      m.configure({seed: 5, totalSteps: 12});
+      await m.train(6);
+      await m.evaluate();
+      const ck = await m.exportCheckpoint();
+      const g = m.generate("ROMEO:", {maxNewTokens: 100, temperature: 0});
+      for await (const _ of g) {}
+      const next = (await m.train(1))[0].loss;
+      await m.close();
+      return {zip: b64(ck.bytes), name: ck.name, ids: g.stats.tokenIds, next};""", {"backend": backend})
+    d = _unzip(r["zip"], tmp_path)
+    ck = load_checkpoint(d, resume=True)  # every check tgc makes on a checkpoint
+    assert ck.step == 6 and ck.tgc["preset"] == "tiny" and ck.state["total_steps"] == 12
+    g = generate(d, "ROMEO:", max_new_tokens=100, temperature=0, backend="wasm")
+    g.text
+    assert g.stats.token_ids == r["ids"]
+    # transformers: greedy tokens within the context window (32 for tiny) are the same
+    import torch
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    hf = GPT2LMHeadModel.from_pretrained(d).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
+    ids = tok("ROMEO:")["input_ids"]
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=32 - len(ids), do_sample=False, pad_token_id=0)
+    assert out[0, len(ids):].tolist() == r["ids"][:32 - len(ids)]
+    # and `tgc train --resume` continues it: its next step is the browser's next step
+    res = train(None, None, steps=12, out=d, backend="wasm", resume=True, stop_at=7, progress=False, log=None)
+    tol = LOSS_1 if backend == "webgpu" else dict(rtol=0, atol=0)
+    row = compare("step 7 after resume", res.history[-1][1], r["next"], **tol)
+    assert res.history[-1][0] == 7 and row.ok, row.format()
+
+
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_tgc_train_checkpoint_resumes_in_browser(tiny, reference, tmp_path, backend):
+    from tgc.train import train
+
+    _need_backend(tiny, backend)
+    half = reference["tiny-half"]
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        for f in sorted(half.iterdir()):
+            if f.is_file() and f.name != "loss.png":
+                z.write(f, f"tiny-half/{f.name}")
+    r = tiny.run("""
+      const m = await tgc.openArtifact("/artifact/", {backend: arg.backend, tokenizer: "/tokenizer.json"});
+      const info = await m.importCheckpoint(unb64(arg.zip));
+      await m.setCorpus(info.corpus, await (await fetch("/corpora/shakespeare.txt")).text());
+      const losses = (await m.train(2)).map((x) => x.loss);
+      await m.close();
+      return {info, losses};""", {"backend": backend, "zip": base64.b64encode(zbuf.getvalue()).decode()})
+    assert r["info"]["step"] == 10 and r["info"]["resumable"]
+    shutil.copytree(half, tmp_path / "resume")
+    res = train(None, None, steps=STEPS, out=tmp_path / "resume", backend="wasm", resume=True, stop_at=12, progress=False,
+                log=None)
+    want = [l for s, l in res.history if s in (11, 12)]
+    # the uninterrupted run's steps 11 and 12 are the same numbers
+    assert want == reference["tiny"]["losses"][10:12]
+    if backend == "wasm":
+        assert r["losses"] == want
+    else:
+        for got, w in zip(r["losses"], want):
+            row = compare("loss after resume", got, w, **LOSS_1)
+            assert row.ok, row.format()
+
+
+def test_import_refuses_another_model(tiny, reference):
+    ckpt = reference["small"]["ckpt"]
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        for f in ("config.json", "model.safetensors", "tokenizer.json"):
+            z.write(ckpt / f, f"small/{f}")
+    err = tiny.run("""
+      const m = await tgc.openArtifact("/artifact/", {backend: "wasm"});
+      const errs = [];
+      for (const bytes of [unb64(arg.zip), unb64(arg.zip).slice(0, 200), new TextEncoder().encode("not a zip")]) {
+        try { await m.importCheckpoint(bytes); errs.push(null); } catch (e) { errs.push(e.message); } }
+      await m.close();
+      return errs;""", {"zip": base64.b64encode(zbuf.getvalue()).decode()})
+    assert "another model" in err[0] and "ctx is 64" in err[0], err[0]
+    assert err[1] and err[2] and all("\n" not in e for e in err)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+def _random_strings(n, seed=0):
+    rnd = random.Random(seed)
+    pools = ["abc XYZ'\n\t  sllvemred.,!?0123", None]
+    out = []
+    for _ in range(n):
+        chars = []
+        for _ in range(rnd.randint(0, 48)):
+            r = rnd.random()
+            if r < 0.35:
+                chars.append(rnd.choice(pools[0]))
+            elif r < 0.6:
+                chars.append(chr(rnd.randint(0x20, 0x7FF)))
+            elif r < 0.85:
+                chars.append(chr(rnd.choice([rnd.randint(0x800, 0xD7FF), rnd.randint(0xE000, 0xFFFF)])))
+            else:
+                chars.append(chr(rnd.randint(0x10000, 0x10FFFF)))
+        out.append("".join(chars))
+    return out
+
+
+def test_tokenizer_parity(tiny):
+    from tgc.data import load_text, split_text, tokenize_text
+    from tgc.tokenizer import bpe_tokenizer, byte_tokenizer
+
+    _, text = load_text("shakespeare")
+    tr, va = split_text(text)
+    toks = {"byte": byte_tokenizer(), "bpe": bpe_tokenizer(tr[:400_000], 1024)}
+    strings = _random_strings(1000)
+    corpora = json.loads((tiny.path / "site.json").read_text())["corpora"]
+    assert corpora, "the site bundles no corpus"
+    r = tiny.run("""
+      const out = {};
+      const texts = [];
+      for (const c of arg.corpora) texts.push([c.name, await (await fetch("/" + c.file)).text()]);
+      for (const [kind, json] of Object.entries(arg.toks)) {
+        const tok = new tgc.Tokenizer(JSON.parse(json));
+        const {splitText, tokenizeText, sha256Hex} = await import("/runtime/data.js");
+        out[kind] = {kind: tok.kind, strings: arg.strings.map((s) => tok.encode(s)), decoded: arg.strings.map((s) => tok.decode(tok.encode(s))), corpora: {}};
+        for (const [name, text] of texts) {
+          const [tr, va] = splitText(text);
+          out[kind].corpora[name] = await Promise.all([tr, va].map(async (p) => { const ids = Int32Array.from(tokenizeText(tok, p));
+            return [ids.length, await sha256Hex(new Uint8Array(ids.buffer))]; }));
+        }
+      }
+      return out;""", {"toks": {k: t.to_json() for k, t in toks.items()}, "strings": strings, "corpora": corpora})
+    for kind, tok in toks.items():
+        assert r[kind]["kind"] == tok.kind
+        want = [tok.encode(s) for s in strings]
+        bad = [i for i, (a, b) in enumerate(zip(r[kind]["strings"], want)) if a != b]
+        assert not bad, f"{kind}: {len(bad)} strings differ, e.g. {strings[bad[0]]!r}: {r[kind]['strings'][bad[0]]} vs {want[bad[0]]}"
+        assert r[kind]["decoded"] == strings
+        for c in corpora:
+            _, text = load_text(c["name"])
+            for part, (n, digest) in zip(split_text(text), r[kind]["corpora"][c["name"]]):
+                ids = tokenize_text(tok, part).astype(np.int32)
+                assert n == len(ids) and digest == hashlib.sha256(ids.tobytes()).hexdigest(), (kind, c["name"])
+
+
+# ---------------------------------------------------------------- the page, bundle and serve
+
+def test_page_generates_streaming_and_trains(tiny_ckpt_site, tmp_path):
+    s = tiny_ckpt_site
+    pg = s.page("index.html")
+    pg.wait_for_function("window.tgcPage.ready || window.tgcPage.error", timeout=60_000)
+    assert pg.evaluate("window.tgcPage.error") is None, pg.evaluate("window.tgcPage.error")
+    assert "checkpoint at step 20" in pg.inner_text("#status")
+    pg.fill("#max-new", "80")
+    pg.fill("#temperature", "0")
+    # watch the output grow: streaming means several distinct lengths before the end
+    pg.evaluate("""() => { window.lens = []; new MutationObserver(() => window.lens.push(document.getElementById('output').textContent.length))
+      .observe(document.getElementById('output'), {childList: true, characterData: true, subtree: true}); }""")
+    pg.click("#generate")
+    pg.wait_for_function("document.getElementById('gen-stats').textContent.includes('new tokens')", timeout=60_000)
+    assert len(set(pg.evaluate("window.lens"))) > 5
+    assert pg.inner_text("#output").startswith("ROMEO:")
+    pg.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    pg.context.close()
+    assert not s.errors, s.errors
+
+
+def test_serve_headers_and_errors(tiny, tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "tgc", "serve", str(tiny.path), "--port", "0"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        for path, ctype in (("", "text/html"), ("artifact/model.wasm", "application/wasm"),
+                            ("runtime/tgc.js", "text/javascript"), ("artifact/manifest.json", "application/json")):
+            with urllib.request.urlopen(url + path) as resp:
+                assert resp.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+                assert resp.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+                assert resp.headers["Content-Type"].startswith(ctype), (path, resp.headers["Content-Type"])
+    finally:
+        p.terminate()
+        p.wait(10)
+    for bad in (tmp_path / "missing", tiny.path / "site.json", tmp_path):
+        r = subprocess.run([sys.executable, "-m", "tgc", "serve", str(bad)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_bundle_errors_are_one_line(tmp_path):
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "x").write_text("mine")
+    for args in (["bundle", str(tmp_path / "nockpt"), "-o", str(tmp_path / "s")],
+                 ["bundle", "--preset", "nope", "-o", str(tmp_path / "s")],
+                 ["bundle", "--corpus", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "s")],
+                 ["bundle", "-o", str(tmp_path / "occupied")]):
+        r = subprocess.run([sys.executable, "-m", "tgc", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert (tmp_path / "occupied" / "x").read_text() == "mine"
