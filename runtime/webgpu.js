@@ -95,11 +95,13 @@ export class WebGPUExecutor extends Executor {
   async _pipelines(baseUrl) {
     const m = this.manifest, device = this.device;
     const t0 = performance.now();
+    // kernels[k].wgsl.file is relative to the artifact ("kernels/k0.wgsl"); a bare name is in wgsl.dir
     const dir = new URL((m.wgsl.dir || "kernels").replace(/\/?$/, "/"), baseUrl);
+    const fileUrl = (f) => new URL(f, f.includes("/") ? baseUrl : dir);
     this.kernels = {};
     device.pushErrorScope("validation");
     const jobs = Object.entries(m.kernels).map(async ([name, k]) => {
-      const resp = await fetch(new URL(k.wgsl.file, dir));
+      const resp = await fetch(fileUrl(k.wgsl.file));
       if (!resp.ok) throw new Error(`kernel ${name}: ${k.wgsl.file}: HTTP ${resp.status}`);
       const code = await resp.text();
       const entries = [];
@@ -144,7 +146,7 @@ export class WebGPUExecutor extends Executor {
     let plan = this.programs.get(program);
     if (plan) return plan;
     const prog = this.program(program);
-    const chunkBytes = this.manifest.wgsl.chunk_bytes;
+    const chunkBytes = this.manifest.wgsl.chunk_bytes || this.manifest.wgsl.max_binding_bytes;
     this.device.pushErrorScope("validation");
     plan = prog.launches.map((launch, li) => {
       const [kname, ...tensors] = launch;
