@@ -9,6 +9,7 @@
 import { Tokenizer as HFTokenizer } from "./vendor/tokenizers.mjs";
 
 export const BYTE_VOCAB = 256;
+const utf8 = new TextEncoder();
 
 /** GPT-2's printable stand-in for each byte (the ByteLevel alphabet), as tgc/tokenizer.py. */
 export function byteSymbols() {
@@ -46,12 +47,36 @@ export class Tokenizer {
     const vocab = json.model.vocab || {};
     this.vocabSize = Object.keys(vocab).length + (json.added_tokens || []).filter((t) => !(t.content in vocab)).length;
     this.kind = kind || (this.vocabSize === BYTE_VOCAB && vocab["!"] === 33 ? "byte" : `bpe:${this.vocabSize}`);
+    // fast paths, same ids (tests/test_browser.py::test_tokenizer_parity): the byte
+    // tokenizer's ids are the UTF-8 bytes; a BPE without added tokens or normalizer is
+    // pre-tokenized once and each distinct word goes through the model once
+    const byteOrder = byteSymbols().every((c, i) => vocab[c] === i) && !(json.model.merges || []).length;
+    this.fast = (json.added_tokens || []).length || json.normalizer ? null
+      : byteOrder && json.pre_tokenizer && json.pre_tokenizer.type === "ByteLevel" ? "bytes"
+        : json.pre_tokenizer && json.pre_tokenizer.type === "ByteLevel" && !json.pre_tokenizer.add_prefix_space ? "words" : null;
+    this.words = new Map();
   }
 
   static byte() { return new Tokenizer(byteTokenizerJSON(), "byte"); }
 
   encode(text) {
     if (text === "") return [];
+    if (this.fast === "bytes") return Array.from(utf8.encode(text));
+    if (this.fast === "words") {
+      // ByteLevel's own split (its regex, or the whole text), then bytes -> its alphabet -> BPE
+      const pre = this.tk.pre_tokenizer;
+      const out = [];
+      for (const w of pre.use_regex ? text.match(pre.pattern) || [] : [text]) {
+        let ids = this.words.get(w);
+        if (ids === undefined) {
+          const mapped = Array.from(utf8.encode(w), (b) => pre.byte_encoder[b]).join("");
+          ids = this.tk.model([mapped]).map((t) => this.tk.model.tokens_to_ids.get(t));
+          if (this.words.size < 200000) this.words.set(w, ids);
+        }
+        for (const i of ids) out.push(i);
+      }
+      return out;
+    }
     return this.tk.encode(text, { add_special_tokens: false }).ids;
   }
 

@@ -90,6 +90,7 @@ class Site:
         self.browser = browser
         self.errors: list[str] = []
         self.pages: dict = {}
+        self.open_errors: dict = {}
 
     def page(self, path="index.html?noload"):
         ctx = self.browser.new_context(accept_downloads=True)
@@ -104,11 +105,16 @@ class Site:
         pg = self.pages.get(backend)
         if pg is None:
             pg = self.pages[backend] = self.page()
-            pg.evaluate(f"""async (backend) => {{ {JS}
+            err = pg.evaluate(f"""async (backend) => {{ {JS}
               const t0 = performance.now();
-              window.M = await tgc.openArtifact("/artifact/", {{backend, tokenizer: "/tokenizer.json"}});
-              window.openMs = performance.now() - t0; }}""", backend)
-            print(f"{self.path.parent.name}: {backend} opened in {pg.evaluate('window.openMs') / 1000:.1f} s")
+              try {{ window.M = await tgc.openArtifact("/artifact/", {{backend, tokenizer: "/tokenizer.json"}}); }}
+              catch (e) {{ return e.message; }}
+              window.openMs = performance.now() - t0; return null; }}""", backend)
+            if err is None:
+                print(f"{self.path.parent.name}: {backend} opened in {pg.evaluate('window.openMs') / 1000:.1f} s")
+            self.open_errors[backend] = err
+        if self.open_errors[backend]:
+            pytest.fail(f"opening the artifact on {backend} failed: {self.open_errors[backend]}")
         return pg
 
     def run(self, body: str, arg=None, page=None):
