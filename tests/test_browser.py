@@ -345,47 +345,64 @@ def test_browser_refuses_a_32bit_or_foreign_module(tiny, tmp_path):
     assert "differs from the manifest" in err or "64-bit memory" in err, err
 
 
+def _graph_artifact(out: Path, outputs: dict, heap_base: int) -> dict:
+    """A one-program ("run") artifact of `outputs` whose tensors start at `heap_base`, as
+    the wasm tests build them; returns its manifest."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from harness import compile_graph  # format version 2
+
+        compile_graph(out, outputs, target="wasm", heap_base=heap_base)
+    except ImportError:
+        from tgc.codegen.llvm import build_kernels
+        from tgc.ir.passes import run_passes
+        from tgc.ir.program import Program
+        from tgc.ir.schedule import schedule
+
+        s = schedule(Program("run", outputs).map_graph(run_passes))
+        build_kernels(s.kernels, {n: (t.shape, t.dtype) for n, t in s.tensors.items()}, out, base=heap_base)
+    finally:
+        sys.path.pop(0)
+    return json.loads((out / "manifest.json").read_text())
+
+
 def test_memory64_kernels_beyond_4gib(browser, tmp_path):
     """Tensors placed past 4 GiB in a 64-bit memory (the first straddles the boundary):
     a matmul, a row max + exp, and a column sum, run in the browser, equal numpy."""
-    from tgc.codegen.llvm import build_kernels
     from tgc.ir import build as b
-    from tgc.ir.passes import run_passes
-    from tgc.ir.program import Program
-    from tgc.ir.schedule import schedule
 
     a, w = b.input("a", (24, 40)), b.input("w", (40, 33))
     h = b.matmul(a, w)
     outs = {"h": h, "p": b.exp(b.sub(h, b.expand(b.reduce_max(h, 1), (24, 33)))), "s": b.reduce_sum(h, 0)}
-    s = schedule(Program("run", outs).map_graph(run_passes))
-    tensors = {n: (t.shape, t.dtype) for n, t in s.tensors.items()}
-    art = build_kernels(s.kernels, tensors, tmp_path / "site" / "k", base=(4 << 30) - 2048)
+    manifest = _graph_artifact(tmp_path / "site" / "k", outs, (4 << 30) - 2048)
     (tmp_path / "site" / "index.html").write_text("<!doctype html><title>memory64</title>")
     shutil.copytree(Path(__file__).resolve().parent.parent / "runtime", tmp_path / "site" / "runtime")
-    manifest = json.loads((art / "manifest.json").read_text())
     rng_ = np.random.default_rng(0)
     av, wv = rng_.standard_normal((24, 40)).astype(np.float32), rng_.standard_normal((40, 33)).astype(np.float32)
-    addr = {n: manifest["wasm"]["buffers"][n] for n in tensors}
-    assert all(addr[n] + 4 * math.prod(tensors[n][0]) > 4 << 30 for n in tensors)
     site = Site(tmp_path / "site", browser)
     try:
         r = site.run("""
           const {WasmExecutor} = await import("/runtime/wasm.js");
           const m = arg.manifest;
           const ex = await WasmExecutor.open(m, new URL("/k/", location.href));
-          await ex.write("a", unb64(arg.a, Float32Array));
-          await ex.write("w", unb64(arg.w, Float32Array));
+          const at = (n) => { const p = ex.place("run", n); return [ex.addr(p), p.shape.reduce((x, y) => x * y, 1)]; };
+          await ex.writeAt(at("a")[0], "f32", unb64(arg.a, Float32Array));
+          await ex.writeAt(at("w")[0], "f32", unb64(arg.w, Float32Array));
           await ex.callExport(m.wasm.exports.run);
-          const out = {};
-          for (const n of arg.names) out[n] = b64(await ex.read(n));
+          const out = {}, addrs = {};
+          for (const n of [...arg.names, "a", "w"]) { const [addr, count] = at(n); addrs[n] = [addr, count];
+            out[n] = b64(await ex.readAt(addr, "f32", count)); }
           const info = ex.info; await ex.close();
-          return {out, info};""", {"manifest": manifest, "a": base64.b64encode(av.tobytes()).decode(),
-                                   "w": base64.b64encode(wv.tobytes()).decode(), "names": list(outs)})
+          return {out, info, addrs};""", {"manifest": manifest, "a": base64.b64encode(av.tobytes()).decode(),
+                                          "w": base64.b64encode(wv.tobytes()).decode(), "names": list(outs)})
     finally:
         site.close()
     assert r["info"]["memory64"] and r["info"]["memoryBytes"] > 4 << 30
+    # every tensor ends past 4 GiB, and most start there
+    assert all(addr + 4 * n > 4 << 30 for addr, n in r["addrs"].values()), r["addrs"]
+    assert sum(addr >= 4 << 30 for addr, _ in r["addrs"].values()) >= 3, r["addrs"]
     hv = av.astype(np.float64) @ wv.astype(np.float64)
-    want = {"h": hv, "p": np.exp(hv - hv.max(1, keepdims=True)), "s": hv.sum(0)}
+    want = {"h": hv, "p": np.exp(hv - hv.max(1, keepdims=True)), "s": hv.sum(0), "a": av, "w": wv}
     for n, wv_ in want.items():
         got = _b64(r["out"][n], np.float32).reshape(wv_.shape)
         row = compare(n, got, wv_, rtol=1e-5, atol=1e-6)
@@ -503,23 +520,25 @@ def test_checkpoint_exported_in_browser_loads_in_tgc_and_transformers(tiny, tmp_
     from tgc.train import train
 
     _need_backend(tiny, backend)
+    steps, n = (6, 100) if backend == "wasm" else (3, 40)  # WebGPU on SwiftShader: ~4 s a step
     r = tiny.run("""
       const m = window.M;
       await m.init(5);
       await m.setCorpus("shakespeare", await (await fetch("/corpora/shakespeare.txt")).text());
       m.configure({seed: 5, totalSteps: 12});
-      await m.train(6);
-      await m.evaluate();
+      await m.train(arg.steps);
+      await m.evaluate({batches: 2});
       const ck = await m.exportCheckpoint();
-      const g = m.generate("ROMEO:", {maxNewTokens: 100, temperature: 0});
+      const g = m.generate("ROMEO:", {maxNewTokens: arg.n, temperature: 0});
       for await (const _ of g) {}
       const next = (await m.train(1))[0].loss;
-      return {zip: b64(ck.bytes), name: ck.name, ids: g.stats.tokenIds, next};""", {"backend": backend},
+      return {zip: b64(ck.bytes), name: ck.name, ids: g.stats.tokenIds, next};""", {"backend": backend, "steps": steps, "n": n},
                  page=tiny.model_page(backend))
     d = _unzip(r["zip"], tmp_path)
     ck = load_checkpoint(d, resume=True)  # every check tgc makes on a checkpoint
-    assert ck.step == 6 and ck.tgc["preset"] == "tiny" and ck.state["total_steps"] == 12
-    g = generate(d, "ROMEO:", max_new_tokens=100, temperature=0, backend="wasm")
+    assert ck.step == steps and ck.tgc["preset"] == "tiny" and ck.state["total_steps"] == 12
+    assert len(ck.state["val_history"]) == 1 and ck.state["val_history"][0][0] == steps
+    g = generate(d, "ROMEO:", max_new_tokens=n, temperature=0, backend="wasm")
     g.text
     assert g.stats.token_ids == r["ids"]
     # transformers: greedy tokens within the context window (32 for tiny) are the same
@@ -533,10 +552,10 @@ def test_checkpoint_exported_in_browser_loads_in_tgc_and_transformers(tiny, tmp_
         out = hf.generate(torch.tensor([ids]), max_new_tokens=32 - len(ids), do_sample=False, pad_token_id=0)
     assert out[0, len(ids):].tolist() == r["ids"][:32 - len(ids)]
     # and `tgc train --resume` continues it: its next step is the browser's next step
-    res = train(None, None, steps=12, out=d, backend="wasm", resume=True, stop_at=7, progress=False, log=None)
+    res = train(None, None, steps=12, out=d, backend="wasm", resume=True, stop_at=steps + 1, progress=False, log=None)
     tol = LOSS_1 if backend == "webgpu" else dict(rtol=0, atol=0)
-    row = compare("step 7 after resume", res.history[-1][1], r["next"], **tol)
-    assert res.history[-1][0] == 7 and row.ok, row.format()
+    row = compare("the step after resuming", res.history[-1][1], r["next"], **tol)
+    assert res.history[-1][0] == steps + 1 and row.ok, row.format()
 
 
 @pytest.mark.parametrize("backend", ["wasm", "webgpu"])
