@@ -17,62 +17,23 @@ from __future__ import annotations
 import math
 import time
 
+import harness
 import numpy as np
 import pytest
+from harness import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tgc.codegen.llvm import build_kernels
 from tgc.ir import build as b
-from tgc.ir.kinterp import run_kernel
-from tgc.ir.passes import run_passes
-from tgc.ir.program import Program
-from tgc.ir.schedule import schedule
 from tgc.runtime.wasm import WasmRuntime
 
 HYP = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-def assert_close(got, want, rtol, atol=1e-6, name=""):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{name}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
-    if want.dtype.kind == "i":
-        np.testing.assert_array_equal(got, want, err_msg=name)
-        return
-    fin = np.isfinite(want)
-    np.testing.assert_array_equal(np.isfinite(got), fin, err_msg=f"{name}: non-finite mismatch")
-    if not fin.any():
-        return
-    err = np.max(np.abs(got[fin].astype(np.float64) - want[fin]))
-    scale = np.max(np.abs(want[fin]))
-    assert err <= atol + rtol * scale, f"{name}: max abs err {err:.3g}, rel {err / max(scale, 1e-30):.3g} (scale {scale:.3g})"
-
-
 def run_graph(tmp_path, outputs: dict, env: dict, uniforms: dict | None = None, base=None, rtol=1e-5):
-    """Schedule `outputs`, run every kernel in wasm and in kinterp; compare every tensor."""
-    prog = Program("run", outputs).map_graph(run_passes)
-    s = schedule(prog)
-    uniforms = uniforms or {}
-    tensors = {n: (t.shape, t.dtype) for n, t in s.tensors.items()}
-    kw = {} if base is None else {"base": base}
-    art = build_kernels(s.kernels, tensors, tmp_path / "k", uniforms={u: s.uniforms[u] for u in s.uniforms}, **kw)
-    rt = WasmRuntime(art)
-    mem = {}
-    for n, t in s.tensors.items():
-        dt = np.int32 if t.dtype == "i32" else np.float32
-        mem[n] = np.asarray(env[n], dt).reshape(-1).copy() if n in env else np.zeros(math.prod(t.shape), dt)
-        rt.write(n, mem[n].reshape(t.shape))
-    rt.set_uniforms(uniforms)
-    rt.call("run")
-    for k in s.kernels:
-        run_kernel(k, mem, uniforms)
-    dead = {k.out: k.band.masks(k.M, k.N, k.K)[2] for k in s.kernels if k.kind == "matmul" and k.band is not None}
-    for n, t in s.tensors.items():
-        got, want = rt.read(n), mem[n].reshape(t.shape)
-        if n in dead:  # a matmul's dead outputs are unspecified (kernel.Band)
-            got, want = got[..., ~dead[n]], want[..., ~dead[n]]
-        assert_close(got, want, rtol, name=n)
-    return s, rt
+    """Compile `outputs` for wasm and run them; every tensor against the kernel interpreter."""
+    c, rt = harness.run_graph(tmp_path, outputs, env, uniforms, "wasm", heap_base=base, rtol=rtol)
+    return c.schedules[harness.PROGRAM], rt
 
 
 def rnd(shape, seed=0, dtype=np.float32):
@@ -105,8 +66,8 @@ def test_elementwise_index_math(tmp_path, shape, data):
 def test_concat_of_head_layouts(tmp_path, bt, h, t, hd, n):
     """A concat (pads of n slices added) of tensors in head layout [B, H, T, hd] back to
     [B, T, n * H * hd], like the q/k/v gradient: the renderer cuts the inner loop into pieces
-    where its pad masks and head divisions are affine (tgc/codegen/llvm.py `_split_pieces`)."""
-    from tgc.codegen.llvm import _split_gid, _split_pieces
+    where its pad masks and head divisions are affine (tgc/ir/kpasses.py `split_pieces`)."""
+    from tgc.ir.kpasses import split_gid, split_pieces
 
     c = h * hd
     xs = [b.input(f"x{i}", (bt, h, t, hd)) for i in range(n)]
@@ -117,8 +78,8 @@ def test_concat_of_head_layouts(tmp_path, bt, h, t, hd, n):
     s, _ = run_graph(tmp_path, {"out": z}, {f"x{i}": rnd((bt, h, t, hd), i) for i in range(n)}, rtol=2e-6)
     if h >= 2 and t >= 2 and hd >= 4:  # a real head permutation for the pieces to undo
         k = next(k for k in s.kernels if k.kind == "elementwise")
-        _, L, _, j, outs = _split_gid(k)
-        assert _split_pieces(L, j, outs) is not None
+        _, L, _, j, outs = split_gid(k)
+        assert split_pieces(L, j, outs) is not None
 
 
 @pytest.mark.parametrize("op", ["exp", "log", "tanh", "erf", "cos", "sqrt", "recip", "neg"])
@@ -135,7 +96,7 @@ def test_math_functions(tmp_path, op):
     fn = {"exp": b.exp, "log": b.log, "tanh": b.tanh, "erf": b.erf, "cos": b.cos, "sqrt": b.sqrt,
           "recip": b.recip, "neg": b.neg}[op]  # fmt: skip
     s, rt = run_graph(tmp_path, {"out": fn(x)}, {"x": v}, rtol=1e-5)
-    got = rt.read(s.outputs["out"]).astype(np.float64)
+    got = rt.read_tensor(harness.PROGRAM, s.outputs["out"]).astype(np.float64)
     want64 = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "cos": np.cos, "erf": np.vectorize(math.erf)}.get(op)
     if want64 is not None:  # the documented accuracy (docs/wasm.md): ulps of the f64 result
         with np.errstate(all="ignore"):
@@ -270,7 +231,8 @@ def test_memory64_tensors_beyond_4gib(tmp_path):
     outs = {"h": h, "p": b.exp(b.sub(h, b.expand(b.reduce_max(h, 1), (24, 33)))), "s": b.reduce_sum(h, 0)}
     s, rt = run_graph(tmp_path, outs, {"a": rnd((24, 40)), "w": rnd((40, 33), 1)}, base=base)
     assert rt.is_memory64 and rt.memory.type(rt.store).is_64
-    addrs = {n: rt.base[n] for n in s.tensors}
+    places = {n: rt.art.place(harness.PROGRAM, n) for n in s.tensors}
+    addrs = {n: rt.base[p.buffer] + p.offset for n, p in places.items()}
     assert all(addr + 4 * math.prod(s.tensors[n].shape) > 4 << 30 for n, addr in addrs.items())
     assert sum(addr >= 4 << 30 for addr in addrs.values()) >= 3
     assert time.perf_counter() - t0 < 60

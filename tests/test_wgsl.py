@@ -12,36 +12,31 @@ agrees with the graph interpreter to ~1e-6 absolute on loss and updated weights.
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
+import harness
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tgc.codegen.base import Layout
-from tgc.codegen.wgsl import MAX_DISPATCH, render_kernel
-from tgc.compiler import compile_model, make_layouts
+from tgc.codegen.wgsl import MAX_DISPATCH
+from tgc.compiler import compile_model
 from tgc.errors import TgcError
 from tgc.ir import build as b
-from tgc.ir import kinterp
+from tgc.ir import kinterp, kpasses
 from tgc.ir.interp import run_program
-from tgc.ir.kernel import Kernel, View
-from tgc.ir.memplan import plan_memory
+from tgc.ir.kernel import Kernel, View, canonical
 from tgc.ir.passes import run_passes
 from tgc.ir.program import Program
-from tgc.ir.schedule import schedule
+from tgc.ir.schedule import TensorInfo, schedule
 
 FEW = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def assert_close(name, got, want, rtol=1e-5, atol=1e-5):
-    """Shape exact, then allclose; the message gives max abs and max relative error."""
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    rel = err / np.maximum(np.abs(want.astype(np.float64)), 1e-30)
-    ok = np.all(err <= atol + rtol * np.abs(want)) and np.isfinite(got).all() == np.isfinite(want).all()
-    assert ok, f"{name}: max abs err {err.max():.3g}, max rel err {rel.max():.3g} (rtol {rtol}, atol {atol})"
+    harness.assert_close(got, want, rtol, atol, name)
 
 
 # ---------------------------------------------------------------- harness
@@ -54,56 +49,12 @@ def gpu():
     return GPU()
 
 
-def run_layout(gpu, kernels: list[Kernel], lay: Layout, env: dict, tensors: dict, reads: list[str]) -> dict:
-    """Render and run kernels over `lay` on the GPU: env tensors written first, `reads` read back.
-    tensors: name -> (shape, dtype)."""
-    import struct
-
-    bufs = {name: gpu.buffer(size) for name, size in lay.buffers.items()}
-    ublock = bytearray(lay.uniform_block_size)
-    for n, (off, dt) in lay.uniforms.items():
-        if n in env:
-            struct.pack_into("<i" if dt == "i32" else "<f", ublock, off, int(env[n]) if dt == "i32" else float(env[n]))
-    ubuf = gpu.buffer(len(ublock), gpu.wgpu.BufferUsage.UNIFORM | gpu.wgpu.BufferUsage.COPY_DST)
-    gpu.queue.write_buffer(ubuf, 0, bytes(ublock))
-    for name, (shape, dt) in tensors.items():
-        if name in env:
-            a = np.ascontiguousarray(np.asarray(env[name], dtype=np.int32 if dt == "i32" else np.float32))
-            buf, off = lay.places[name]
-            gpu.queue.write_buffer(bufs[buf], off, a.tobytes())
-    enc = gpu.device.create_command_encoder()
-    cp = enc.begin_compute_pass()
-    for k in kernels:
-        r = render_kernel(k, lay)
-        pipe, bgl = gpu.pipeline(r.name, r.source, r.bindings, r.uniform_binding)
-        cp.set_pipeline(pipe)
-        cp.set_bind_group(0, gpu.bind_group(bgl, r.bindings, bufs, r.uniform_binding, ubuf))
-        cp.dispatch_workgroups(*r.dispatch)
-    cp.end()
-    gpu.queue.submit([enc.finish()])
-    out = {}
-    for name in reads:
-        shape, dt = tensors[name]
-        buf, off = lay.places[name]
-        data = gpu.queue.read_buffer(bufs[buf], off, 4 * int(np.prod(shape)))
-        out[name] = np.frombuffer(data, np.int32 if dt == "i32" else np.float32).reshape(shape)
-    return out
-
-
 def check_graph(gpu, outputs: dict, env: dict, rtol=1e-5, atol=1e-5, updates=None):
-    """Schedule a small program, run it on the GPU and through the kernel interpreter."""
-    prog = Program("p", outputs, updates or {}).map_graph(run_passes)
-    s = schedule(prog)
-    lay = make_layouts({"p": s}, plan_memory({"p": s}))["p"]
-    tensors = {n: (t.shape, t.dtype) for n, t in s.tensors.items()}
-    reads = list(s.outputs.values()) + list(s.updates.values())
-    got = run_layout(gpu, s.kernels, lay, env, tensors, reads)
-    want_out, want_upd = kinterp.run_schedule(s, env)
-    for o, t in s.outputs.items():
-        assert_close(o, got[t], want_out[o], rtol, atol)
-    for o, t in s.updates.items():
-        assert_close(o, got[t], want_upd[o], rtol, atol)
-    return s
+    """Compile a small program for WebGPU, run it, and compare every tensor with the kernel
+    interpreter (tests/harness.py); returns its schedule."""
+    with tempfile.TemporaryDirectory() as d:
+        c, _ = harness.run_graph(Path(d), outputs, env, target="webgpu", updates=updates, rtol=rtol, atol=atol, gpu=gpu)
+    return c.schedules[harness.PROGRAM]
 
 
 def rand(rng, shape):
@@ -184,30 +135,25 @@ def test_matmul_batched(gpu, batch, M, K, N, form):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,prefetch", [("32x32", True), ("64x64", True), ("128x128", True), ("32x32s4", True),
                                            ("128x128", False), ("32x32s4", False)])
-def test_matmul_tiles_strided_views(gpu, name, prefetch, monkeypatch):
+def test_matmul_tiles_strided_views(gpu, name, prefetch):
     """Kernel built directly: view offsets, broadcast batch (stride 0) and every tile
     (split-K inside the workgroup too, with and without register prefetch), with M, N, K
     not multiples of it."""
-    from tgc.codegen import wgsl
-
     tile = int(name.split("x")[0])
-    monkeypatch.setitem(wgsl.OPTIONS, "prefetch", prefetch)
     M, N, K = tile + 3, tile * 2 - 5, 211 if "s" in name else 37
     rng = np.random.default_rng(5)
     A = rand(rng, 2 * M * K + 7)
     B = rand(rng, N * K + 3)
     k = Kernel("k_mm", "matmul", 2 * M * N, a=View("A", (2, M, K), (M * K, K, 1), 7),
                b=View("B", (2, K, N), (0, 1, K), 3), out="C", batch=(2,), M=M, N=N, K=K)
-    lay = Layout("t", {"A": ("bufA", 0), "B": ("bufA", 256 * (A.size // 64 + 1)), "C": ("bufC", 256)},
-                 {"bufA": 256 * (A.size // 64 + 1) + 4 * B.size, "bufC": 256 + 8 * M * N}, {}, 16)
-    tensors = {"A": ((A.size,), "f32"), "B": ((B.size,), "f32"), "C": ((2 * M * N,), "f32")}
-    orig = wgsl.choose_tile
-    wgsl.choose_tile = lambda *_: next(t for t in wgsl.TILES if t.name == name)
-    try:
-        got = run_layout(gpu, [k], lay, {"A": A, "B": B}, tensors, ["C"])["C"]
-    finally:
-        wgsl.choose_tile = orig
-    mem = {"A": A.copy(), "B": B.copy(), "C": np.zeros(2 * M * N, np.float32)}
+    infos = {"A": TensorInfo("A", A.shape, "f32", "input"), "B": TensorInfo("B", B.shape, "f32", "input"),
+             "C": TensorInfo("C", (2 * M * N,), "f32", "output")}
+    c, order = canonical(k, infos)
+    kpasses.run_kernel_passes({"k": c}, verify=True)
+    c.decisions["wgsl"] = {"tile": next(t for t in kpasses.TILES if kpasses.tile_name(t) == name), "prefetch": prefetch}
+    arrays = {"A": A, "B": B, "C": np.zeros(2 * M * N, np.float32)}
+    got = harness.gpu_kernel(gpu, c, [arrays[t] for t in order])[order.index("C")]
+    mem = {n: a.copy() for n, a in arrays.items()}
     kinterp.run_kernel(k, mem, {})
     assert_close("C", got, mem["C"], atol=1e-5 * np.sqrt(K))
 
@@ -255,25 +201,22 @@ def test_embedding_gather_and_cache_write(gpu):
 
 
 @pytest.mark.gpu
-def test_large_elementwise_spills_into_y(gpu, monkeypatch):
-    from tgc.codegen import wgsl
-
-    monkeypatch.setitem(wgsl.OPTIONS, "ew_multi", False)  # one output per thread: the most workgroups
+def test_large_elementwise_spills_into_y(gpu, monkeypatch, tmp_path):
+    monkeypatch.setitem(kpasses.OPTIONS, "ew_multi", False)  # one output per thread: the most workgroups
     n = 256 * MAX_DISPATCH + 1000
     x = b.input("x", (n,))
     rng = np.random.default_rng(7)
-    s = check_graph(gpu, {"y": b.add(b.mul(x, b.full((n,), 2.0)), b.full((n,), 1.0))}, {"x": rand(rng, (n,))})
-    lay = make_layouts({"p": s}, plan_memory({"p": s}))["p"]
-    assert render_kernel(s.kernels[0], lay).dispatch[1] > 1
+    c, _ = harness.run_graph(tmp_path, {"y": b.add(b.mul(x, b.full((n,), 2.0)), b.full((n,), 1.0))},
+                             {"x": rand(rng, (n,))}, target="webgpu", gpu=gpu)  # fmt: skip
+    (k,) = c.manifest.kernels.values()
+    assert k.wgsl["dispatch"][1] > 1
 
 
 @pytest.mark.gpu
 def test_elementwise_several_outputs_per_thread(gpu):
     """Large kernels give each thread 4 outputs WG apart; the last workgroup is partial."""
-    from tgc.codegen import wgsl
-
-    rows = 4 * wgsl.WG * 512 // 7 + 11
-    assert wgsl.elementwise_per_thread(rows * 7) == 4 and (rows * 7) % (4 * wgsl.WG) != 0
+    rows = 4 * kpasses.WG * 512 // 7 + 11
+    assert kpasses.elementwise_per_thread(rows * 7) == 4 and (rows * 7) % (4 * kpasses.WG) != 0
     x = b.input("x", (rows, 7))
     y = b.input("y", (7,))
     rng = np.random.default_rng(8)
@@ -371,52 +314,56 @@ _WG_SIZE = re.compile(r"@workgroup_size\(([\d,\s]+)\)")
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "medium", "large", "xl", "huge", "massive", "mega"])
 def test_browser_limits(preset, tmp_path):
-    import json
+    """Every kernel stays within the browser's default WebGPU limits, whatever binds it."""
+    from tgc.artifact import read_manifest
 
     compile_model(preset=preset, out=tmp_path, targets=("wgsl",))
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    assert all(buf["size"] <= 128 << 20 for buf in m["buffers"]), "a buffer over maxStorageBufferBindingSize"
-    for p in m["programs"].values():
-        for launch in p["launches"]:
-            w = launch["webgpu"]
-            src = (tmp_path / w["wgsl"]).read_text()
-            name = launch["kernel"]
-            assert len(w["bindings"]) <= 8, name
-            assert src.count("var<storage") == len(w["bindings"]), name
-            assert len({x["buffer"] for x in w["bindings"]}) == len(w["bindings"]), f"{name}: a buffer bound twice"
-            smem = sum(int(n) * (16 if t.startswith("vec4") else 4) for t, n in _WG_ARRAY.findall(src))
-            assert smem <= 16384, f"{name}: {smem} bytes of workgroup memory"
-            (size,) = _WG_SIZE.findall(src)
-            assert np.prod([int(x) for x in size.split(",")]) <= 256, name
-            assert all(1 <= d <= 65535 for d in w["dispatch"]), name
+    m = read_manifest(tmp_path)
+    assert all(size <= 256 << 20 for size in m.buffers.values()), "a buffer over maxBufferSize"
+    for name, k in m.kernels.items():
+        w = k.wgsl
+        src = (tmp_path / w["file"]).read_text()
+        assert sum(w["chunks"]) <= 8, name
+        assert src.count("var<storage") == sum(w["chunks"]), name
+        smem = sum(int(n) * (16 if t.startswith("vec4") else 4) for t, n in _WG_ARRAY.findall(src))
+        assert smem <= 16384, f"{name}: {smem} bytes of workgroup memory"
+        (size,) = _WG_SIZE.findall(src)
+        assert np.prod([int(x) for x in size.split(",")]) <= 256, name
+        assert all(1 <= d <= 65535 for d in w["dispatch"]), name
+    for p in m.programs.values():  # every binding within maxStorageBufferBindingSize, 256-aligned
+        for kname, tensors in p.launches:
+            for t, chunks in zip(tensors, m.kernels[kname].wgsl["chunks"]):
+                place = m.place(p.name, t)
+                assert place.offset % 256 == 0 and place.nbytes <= chunks * m.wgsl["max_binding_bytes"], (kname, t)
 
 
 @pytest.mark.gpu
 def test_invalid_wgsl_names_the_kernel(gpu, tmp_path):
     with pytest.raises(TgcError, match=r"train_step\.k7_oops"):
-        gpu.pipeline("train_step.k7_oops", "@compute @workgroup_size(1) fn main() { let x: f32 = 1; undefined_fn(x); }", [], None)
+        gpu.pipeline("train_step.k7_oops", "@compute @workgroup_size(1) fn main() { let x: f32 = 1; undefined_fn(x); }", 0, None)
     # through the runtime: a corrupted kernel file of an artifact
-    import json
-
+    from tgc.artifact import read_manifest
     from tgc.runtime.webgpu import WebGPURuntime
 
     compile_model(preset="tiny", out=tmp_path, targets=("wgsl",))
-    m = json.loads((tmp_path / "manifest.json").read_text())
-    first = m["programs"]["forward"]["launches"][0]
-    (tmp_path / first["webgpu"]["wgsl"]).write_text("fn main( {")
+    m = read_manifest(tmp_path)
+    first = m.programs["forward"].launches[0][0]
+    (tmp_path / m.kernels[first].wgsl["file"]).write_text("fn main( {")
     rt = WebGPURuntime(tmp_path, gpu=gpu)
-    with pytest.raises(TgcError, match=re.escape(first["kernel"])):
-        rt.run("forward", {"tokens": np.zeros((1, m["model"]["config"]["ctx"]), np.int32)})
+    with pytest.raises(TgcError, match=re.escape(first)):
+        rt.run("forward", {"tokens": np.zeros((1, m.model["config"]["ctx"]), np.int32)})
 
 
-def test_too_many_buffers_is_a_clear_error():
+def test_kernels_bind_at_most_eight_tensors():
+    """A sum of nine inputs is one expression, but no kernel may bind more than eight
+    storage buffers: the scheduler stores part of it."""
     srcs = [b.input(f"x{i}", (4,)) for i in range(9)]
     y = srcs[0]
-    for s in srcs[1:]:
-        y = b.add(y, s)
+    for s_ in srcs[1:]:
+        y = b.add(y, s_)
     s = schedule(Program("p", {"y": y}).map_graph(run_passes))
-    (k,) = s.kernels
-    places = {t: (f"buf_{t}", 0) for t in s.tensors}
-    lay = Layout("p", places, {f"buf_{t}": 16 for t in s.tensors}, {}, 16)
-    with pytest.raises(TgcError, match=k.name):
-        render_kernel(k, lay)
+    assert len(s.kernels) == 2
+    assert all(len(k.loads() | set(k.writes())) <= 8 for k in s.kernels)
+    env = {f"x{i}": np.full(4, i, np.float32) for i in range(9)}
+    out, _ = kinterp.run_schedule(s, env)
+    assert_close("y", out["y"], np.full(4, 36.0, np.float32))

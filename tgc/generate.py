@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tgc import rng
+from tgc.artifacts import runtime_for
 from tgc.checkpoint import load_checkpoint
 from tgc.errors import TgcError
-from tgc.artifacts import runtime_for
 from tgc.tokenizer import StreamDecoder
 
 

@@ -17,25 +17,9 @@ from tgc.runtime.base import initial_state
 class ReferenceRuntime:
     backend = "numpy"
 
-    def __init__(self, compiled, manifest: dict | None = None):
-        from tgc.compiler import manifest_programs
-
+    def __init__(self, compiled):
         self.compiled = compiled
-        self.manifest = manifest or {
-            "model": {"config": compiled.config, "batch": compiled.batch, "preset": compiled.preset, "train": compiled.train,
-                      "params": [p.name for p in compiled.params]},
-            "tensors": [
-                {"name": p.name, "shape": list(p.shape), "dtype": "f32", "role": "parameter", "init": list(p.init)}
-                for p in compiled.params
-            ]
-            + [
-                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "role": t.role}
-                for s in compiled.schedules.values()
-                for t in s.tensors.values()
-                if t.role in ("optimizer_state", "kv_cache", "input")
-            ],
-            "programs": manifest_programs(compiled),
-        }
+        self.manifest = compiled.manifest.to_json()  # the artifact's manifest, as the other runtimes see it
         self.state: dict[str, np.ndarray] = {}
 
     def write(self, name: str, value) -> None:

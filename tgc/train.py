@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from tgc import presets
+from tgc.artifacts import runtime_for
 from tgc.checkpoint import CONFIG, load_checkpoint, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
-from tgc.artifacts import runtime_for
 
 DEFAULT_EVAL_BATCHES = 8
 

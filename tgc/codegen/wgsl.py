@@ -1,53 +1,38 @@
-"""The WGSL renderer: scheduled kernels (tgc/ir/kernel.py) -> WebGPU compute shaders.
+"""The WGSL renderer: canonical kernels (tgc/ir/kernel.py) -> WebGPU compute shaders.
 
-Binding scheme (docs/wgsl.md): a kernel binds whole *buffers*, never tensors. Every
-distinct buffer it touches is one `array<f32>` storage binding (read_write if the
-kernel writes any tensor in it), numbered from 0 in order of first use; tensors are
-compile-time element offsets into their buffer; i32 tensors (token ids) are the
-same words read and written through bitcast. The uniform block is one
-`var<uniform>` struct after the storage bindings, bound only by kernels that read
-a uniform. Runtime values stay uniforms: nothing about a step is baked in.
+A kernel is rendered once, however many launches use it: its parameters are storage
+bindings (parameter i at binding i, `read_write` and typed `array<f32>` or
+`array<i32>`), bound at launch to the tensor's place, so nothing in the source says
+where a tensor lives (docs/artifact.md). A parameter over the binding size is split
+over several consecutive bindings and read and written through an accessor. The
+uniform block is one `var<uniform>` struct after the storage bindings, bound only by
+kernels that read a uniform.
 
-Three templates, one per kernel kind; the scalar expression DAG is rendered once
-per node as a `let` through the OPS table. Elementwise kernels give large index
-spaces 2 or 4 outputs per thread; reductions pick their thread layout from the
-strides of their loads (row vs column) and keep several accumulators per lane;
-matmuls prefetch the next k slice into registers, avoid tiles that are mostly
-padding and split K inside the workgroup for weight gradients (docs/wgsl.md).
-Not here: vec4 loads in elementwise kernels, a GEMV path for decode, subgroups and
-f16 (browser defaults only).
+Three templates, one per kernel kind, and the OPS table (an op's WGSL from its
+operands' text; erf from its one definition in tgc/ir/kmath.py). Every choice a
+template makes -- outputs per thread, the reduction's thread layout, the matmul tile,
+prefetch, chunks -- was made by the kernel passes (tgc/ir/kpasses.py) and is read from
+`kernel.decisions["wgsl"]`. Not here: vec4 loads in elementwise kernels, a GEMV path
+for decode, subgroups and f16 (browser defaults only).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from tgc.codegen.base import Layout
 from tgc.errors import TgcError
-from tgc.ir.kernel import Kernel, KExpr, walk
+from tgc.ir import kmath
+from tgc.ir.kernel import Kernel, KExpr
 from tgc.ir.ops import Op
 
-# browser WebGPU defaults the generated code stays within
-MAX_STORAGE_BUFFERS = 8
-MAX_WORKGROUP_BYTES = 16384
-MAX_INVOCATIONS = 256
 MAX_DISPATCH = 65535
-WG = 256  # elementwise / reduce workgroup size
-# template features that can be switched off (benchmarks and tests compare them)
-OPTIONS = {"prefetch": True, "splitk": True, "waste": True, "ew_multi": True, "reduce_shape": True}
-for _o in os.environ.get("TGC_WGSL_OPTIONS", "").split(","):  # e.g. "-prefetch,-splitk"
-    if _o.strip("+-") in OPTIONS:
-        OPTIONS[_o.strip("+-")] = not _o.startswith("-")
-
+CHUNK_ELEMENTS = (128 << 20) // 4  # a binding of a split parameter (tgc/ir/schedule.py MAX_BINDING_BYTES)
 TYPES = {"f32": "f32", "i32": "i32"}
 
-# op -> WGSL text from rendered operands (type map and op map in one table)
+# op -> WGSL text from rendered operands
 OPS = {
     Op.ADD: lambda a, b: f"({a} + {b})",
     Op.SUB: lambda a, b: f"({a} - {b})",
@@ -63,38 +48,23 @@ OPS = {
     Op.SQRT: lambda a: f"sqrt({a})",
     Op.RECIP: lambda a: f"(1.0 / {a})",
     Op.TANH: lambda a: f"tanh(clamp({a}, -15.0, 15.0))",  # some drivers give NaN for large |x|
-    Op.ERF: lambda a: f"tgc_erf({a})",
+    Op.ERF: lambda a: f"tgc_erf({a})",  # tgc/ir/kmath.py
     Op.COS: lambda a: f"cos({a})",
     Op.CMPLT: lambda a, b: f"select(0.0, 1.0, {a} < {b})",
     Op.CMPEQ: lambda a, b: f"select(0.0, 1.0, {a} == {b})",
     Op.WHERE: lambda c, a, b: f"select({b}, {a}, {c} != 0.0)",
 }
 
-# erf has no WGSL builtin: a Taylor series near 0 (relative error < 1e-7), elsewhere
-# Numerical Recipes' erfc Chebyshev fit (fractional error < 1.2e-7).
-ERF_FN = """fn tgc_erf(x: f32) -> f32 {
-  let z = abs(x);
-  if (z < 0.5) {
-    let x2 = x * x;
-    return x * (1.1283791671 + x2 * (-0.3761263890 + x2 * (0.1128379167 + x2 * (-0.0268661706 + x2 * (0.0052239776 + x2 * -0.0008548327)))));
-  }
-  let t = 1.0 / (1.0 + 0.5 * z);
-  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-  return sign(x) * (1.0 - r);
-}
-"""
-
 
 @dataclass
 class RenderedKernel:
     name: str
     source: str
-    bindings: list[tuple[int, str, str]]  # (binding, buffer, "read" | "read_write")
     workgroup_size: tuple[int, int, int]
     dispatch: tuple[int, int, int]
-    uniform_binding: int | None = None
-    workgroup_bytes: int = 0
-    info: dict = field(default_factory=dict)
+    uniform_binding: int | None
+    workgroup_bytes: int
+    chunks: list[int]  # bindings per parameter
 
 
 def uniform_field(name: str) -> str:
@@ -112,11 +82,51 @@ def _const(e: KExpr) -> str:
     return f"{v!r}f"
 
 
+class Params:
+    """Loads and stores of a kernel's parameters: p<i>[idx], or through an accessor that
+    picks the binding when the parameter is split into chunks."""
+
+    def __init__(self, k: Kernel):
+        self.k = k
+        self.chunks = k.decisions["wgsl"].get("chunks") or [1] * len(k.params)
+
+    def load(self, i: int, idx: str) -> str:
+        return f"p{i}[{idx}]" if self.chunks[i] == 1 else f"ld_p{i}({idx})"
+
+    def store(self, i: int, idx: str, value: str) -> str:
+        return f"p{i}[{idx}] = {value};" if self.chunks[i] == 1 else f"st_p{i}({idx}, {value});"
+
+    def declarations(self, uniforms: dict | None) -> tuple[str, int | None]:
+        lines, b = [], 0
+        for i, (p, n) in enumerate(zip(self.k.params, self.chunks)):
+            ty = TYPES[p.dtype]
+            if n == 1:
+                lines.append(f"@group(0) @binding({b}) var<storage, read_write> p{i}: array<{ty}>;")
+                b += 1
+                continue
+            for c in range(n):
+                lines.append(f"@group(0) @binding({b}) var<storage, read_write> p{i}_{c}: array<{ty}>;")
+                b += 1
+            ld = " ".join(f"if (i < {(c + 1) * CHUNK_ELEMENTS}) {{ return p{i}_{c}[i - {c * CHUNK_ELEMENTS}]; }}" for c in range(n - 1))
+            st = " ".join(f"if (i < {(c + 1) * CHUNK_ELEMENTS}) {{ p{i}_{c}[i - {c * CHUNK_ELEMENTS}] = v; return; }}" for c in range(n - 1))
+            last = f"p{i}_{n - 1}[i - {(n - 1) * CHUNK_ELEMENTS}]"
+            lines.append(f"fn ld_p{i}(i: i32) -> {ty} {{ {ld} return {last}; }}")
+            lines.append(f"fn st_p{i}(i: i32, v: {ty}) {{ {st} {last} = v; }}")
+        ub = None
+        if uniforms is not None:
+            ub = b
+            fields = sorted(uniforms.items(), key=lambda kv: kv[1][0])
+            body = "".join(f"  {uniform_field(n)}: {TYPES[d]},\n" for n, (_, d) in fields)
+            lines.append(f"struct Uniforms {{\n{body}}}")
+            lines.append(f"@group(0) @binding({ub}) var<uniform> u: Uniforms;")
+        return "\n".join(lines) + "\n", ub
+
+
 class _Exprs:
     """Renders a KExpr DAG as `let` lines, each shared node once."""
 
-    def __init__(self, layout: Layout, buf_var: dict[str, str], leaves: dict[Op, str]):
-        self.layout, self.buf_var, self.leaves = layout, buf_var, leaves
+    def __init__(self, params: Params | None, leaves: dict[Op, str]):
+        self.params, self.leaves = params, leaves
         self.names: dict[KExpr, str] = {}
         self.lines: list[str] = []
 
@@ -131,11 +141,7 @@ class _Exprs:
         if op is Op.UNIFORM:
             return f"u.{uniform_field(e.arg)}"
         if op is Op.LOAD:
-            idx = self(e.srcs[0])
-            off = self.layout.element_offset(e.arg)
-            buf = self.buf_var[self.layout.places[e.arg][0]]
-            text = f"{buf}[{off} + {idx}]" if off else f"{buf}[{idx}]"
-            text = f"bitcast<i32>({text})" if e.dtype == "i32" else text
+            text = self.params.load(int(e.arg[1:]), self(e.srcs[0]))
         elif op is Op.CAST:
             text = f"{TYPES[e.arg]}({self(e.srcs[0])})"
         else:
@@ -149,41 +155,17 @@ class _Exprs:
         return n
 
 
-def _bindings(k: Kernel, layout: Layout) -> tuple[list[tuple[int, str, str]], dict[str, str]]:
-    """One binding per distinct buffer, in order of first use; read_write when written."""
-    writes = {layout.places[t][0] for t in k.writes()}
-    order: list[str] = []
-    for t in [*k.writes(), *sorted(k.loads())]:
-        b = layout.places[t][0]
-        if b not in order:
-            order.append(b)
-    if len(order) > MAX_STORAGE_BUFFERS:
-        raise TgcError(
-            f"kernel {k.name} needs {len(order)} storage buffers ({', '.join(order)}); "
-            f"WebGPU allows {MAX_STORAGE_BUFFERS} per stage: split the kernel or the buffers"
-        )
-    binds = [(i, b, "read_write" if b in writes else "read") for i, b in enumerate(order)]
-    return binds, {b: f"buf{i}" for i, b, _ in binds}
-
-
-def _header(binds, layout: Layout, uses_uniforms: bool) -> tuple[str, int | None]:
-    lines = []
-    for i, b, access in binds:
-        lines.append(f"@group(0) @binding({i}) var<storage, {access}> buf{i}: array<f32>;  // {b}")
-    ub = None
-    if uses_uniforms:
-        ub = len(binds)
-        fields = sorted(layout.uniforms.items(), key=lambda kv: kv[1][0])
-        body = "".join(f"  {uniform_field(n)}: {TYPES[d]},\n" for n, (_, d) in fields)
-        lines.append(f"struct Uniforms {{\n{body}}}")
-        lines.append(f"@group(0) @binding({ub}) var<uniform> u: Uniforms;")
-    return "\n".join(lines) + "\n", ub
-
-
-def _store(layout: Layout, buf_var, tensor: str, idx: str, value: str, dtype: str) -> str:
-    off = layout.element_offset(tensor)
-    val = f"bitcast<f32>({value})" if dtype == "i32" else value
-    return f"{buf_var[layout.places[tensor][0]]}[{off} + {idx}] = {val};"
+def math_functions(body: str) -> str:
+    """The tgc/ir/kmath.py functions `body` calls, as WGSL functions."""
+    out = []
+    for op, definition in kmath.FUNCTIONS.items():
+        name = f"tgc_{op.name.lower()}"
+        if name + "(" in body:
+            ex = _Exprs(None, {Op.INPUT: "x"})
+            result = ex(definition)
+            lines = "\n  ".join(ex.lines)
+            out.append(f"fn {name}(x: f32) -> f32 {{\n  {lines}\n  return {result};\n}}\n")
+    return "".join(out)
 
 
 def _grid(groups: int) -> tuple[int, int, int]:
@@ -197,25 +179,15 @@ def _grid(groups: int) -> tuple[int, int, int]:
 # ------------------------------------------------------------------ elementwise
 
 
-def elementwise_per_thread(size: int) -> int:
-    """Outputs per thread: 4 (or 2) where that still leaves at least 512 workgroups, so
-    that each thread has several independent loads in flight."""
-    if not OPTIONS["ew_multi"]:
-        return 1
-    for e in (4, 2):
-        if size >= e * WG * 512:
-            return e
-    return 1
-
-
-def _elementwise(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple]:
-    ept = elementwise_per_thread(k.size)
+def _elementwise(k: Kernel, prm: Params) -> tuple[str, tuple, tuple, int]:
+    d = k.decisions["wgsl"]
+    WG, ept = d["workgroup"], d["per_thread"]
     grid = _grid(-(-k.size // (WG * ept)))
     blocks = []
     for j in range(ept):
-        ex = _Exprs(layout, buf_var, {Op.GIDX: "gidx"})
+        ex = _Exprs(prm, {Op.GIDX: "gidx"})
         vals = [ex(e) for _, e in k.outputs]
-        stores = [_store(layout, buf_var, t, "gidx", v, e.dtype) for (t, e), v in zip(k.outputs, vals)]
+        stores = [prm.store(int(t[1:]), "gidx", v) for (t, _), v in zip(k.outputs, vals)]
         body = "\n    ".join(ex.lines + stores)
         blocks.append(f"""{{
     let gidx = g0 + {j * WG};
@@ -230,124 +202,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   {chr(10).join('  ' + b if i else b for i, b in enumerate(blocks))}
 }}
 """
-    return src, (WG, 1, 1), grid
-
-
-# ------------------------------------------------------------------ index analysis
-
-
-def _eval_index(e: KExpr, g: int, r: int, memo: dict):
-    """An i32 index expression at gidx = g, ridx = r; None where it depends on loaded
-    data (token ids) or on anything but constants and the two indices."""
-    if e in memo:
-        return memo[e]
-    op = e.op
-    if op is Op.CONST:
-        v = int(e.arg) if e.dtype == "i32" else None
-    elif op is Op.GIDX:
-        v = g
-    elif op is Op.RIDX:
-        v = r
-    elif op in (Op.ADD, Op.SUB, Op.MUL, Op.IDIV, Op.MOD, Op.MAX, Op.MIN) and e.dtype == "i32":
-        a, b = (_eval_index(x, g, r, memo) for x in e.srcs)
-        if a is None or b is None:
-            v = None
-        elif op is Op.ADD:
-            v = a + b
-        elif op is Op.SUB:
-            v = a - b
-        elif op is Op.MUL:
-            v = a * b
-        elif op is Op.MAX:
-            v = max(a, b)
-        elif op is Op.MIN:
-            v = min(a, b)
-        elif b == 0:
-            v = None
-        else:  # operands are non-negative: truncation is floor
-            v = a // b if op is Op.IDIV else a % b
-    else:
-        v = None
-    memo[e] = v
-    return v
-
-
-def _loads(e: KExpr) -> list[KExpr]:
-    return [x for x in walk([e]) if x.op is Op.LOAD]
-
-
-def load_strides(e: KExpr, size: int, reduce_len: int) -> list[tuple[int | None, int | None]]:
-    """(stride along gidx, stride along ridx) of every load of `e`, from a few sample
-    points; None where the step is not the same at every sample."""
-    gs = sorted({0, max(0, size // 2 - 1), max(0, size - 2)})
-    rs = sorted({0, max(0, reduce_len // 2 - 1), max(0, reduce_len - 2)})
-    out = []
-    for ld in _loads(e):
-        idx = ld.srcs[0]
-
-        def at(g, r, idx=idx):
-            return _eval_index(idx, g, r, {})
-
-        dg, dr = set(), set()
-        for g in gs:
-            for r in rs:
-                v = at(g, r)
-                if v is None:
-                    dg.add(None)
-                    dr.add(None)
-                    continue
-                if size > 1:
-                    w = at(g + 1, r)
-                    dg.add(None if w is None else w - v)
-                if reduce_len > 1:
-                    w = at(g, r + 1)
-                    dr.add(None if w is None else w - v)
-        out.append((dg.pop() if len(dg) == 1 else None, dr.pop() if len(dr) == 1 else None))
-    return out
+    return src, (WG, 1, 1), grid, 0
 
 
 # ------------------------------------------------------------------ reduce
 
 
-def reduce_lanes(reduce_len: int) -> int:
-    """Threads cooperating on one output: a power of two, about reduce_len / 4, at most WG."""
-    lanes = 1
-    while lanes * 2 <= min(WG, max(1, reduce_len // 4)):
-        lanes *= 2
-    return lanes
-
-
-def reduce_shape(k: Kernel) -> tuple[int, bool, int]:
-    """(lanes, outputs_fast, unroll) for a reduce kernel.
-
-    lanes_fast (the default): the lanes of one output are consecutive threads, right
-    when the loads walk ridx contiguously (row reductions). outputs_fast: consecutive
-    threads take consecutive outputs and the lanes lie WG / lanes apart, right when the
-    loads are contiguous along gidx and strided along ridx (column reductions); then at
-    least 32 outputs share a workgroup so that a warp's loads coalesce. `unroll`
-    independent accumulators per lane keep several loads in flight on long rows (the
-    combining order is fixed: still deterministic)."""
-    lanes = reduce_lanes(k.reduce_len)
-    if not OPTIONS["reduce_shape"]:
-        return lanes, False, 1
-    (_, e), = k.outputs
-    strides = load_strides(e, k.size, k.reduce_len)
-    row = any(dr in (1, -1) for _, dr in strides)
-    col = any(dg in (1, -1) for dg, dr in strides if dr not in (1, -1))
-    outputs_fast = bool(strides) and col and not row and k.size > 1
-    if outputs_fast:
-        while lanes > 1 and (WG // lanes < 32 or lanes * 8 > k.reduce_len):
-            lanes //= 2
-    iters = -(-k.reduce_len // lanes)
-    unroll = 8 if iters >= 64 else 4 if iters >= 8 else 1
-    return lanes, outputs_fast, unroll
-
-
-def _reduce(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple]:
+def _reduce(k: Kernel, prm: Params) -> tuple[str, tuple, tuple, int]:
     # WG threads = (WG / lanes) outputs x lanes; each lane strides over ridx with
     # `unroll` accumulators, then a fixed-order tree in workgroup memory: deterministic,
     # no atomics.
-    lanes, ofast, unroll = reduce_shape(k)
+    d = k.decisions["wgsl"]
+    WG, lanes, ofast, unroll = d["workgroup"], d["lanes"], d["outputs_fast"], d["unroll"]
     per_group = WG // lanes
     (t, e), = k.outputs
     is_sum = k.reduce_op is Op.SUM
@@ -357,33 +223,29 @@ def _reduce(k: Kernel, layout: Layout, buf_var) -> tuple[str, tuple, tuple]:
     R = k.reduce_len
 
     def body(ridx: str, acc: str) -> str:
-        ex = _Exprs(layout, buf_var, {Op.GIDX: "gidx", Op.RIDX: "ridx"})
+        ex = _Exprs(prm, {Op.GIDX: "gidx", Op.RIDX: "ridx"})
         val = ex(e)
         return "{ let ridx: i32 = " + ridx + ";\n        " + "\n        ".join(ex.lines) + f"\n        {acc} = {comb(acc, val)}; }}"
 
     accs = [f"acc{j}" for j in range(unroll)]
     decl = "\n    ".join(f"var {a}: f32 = {init};" for a in accs)
+    main = ""
     if unroll > 1:
         blocks = "\n      ".join(body(f"r0 + {j * lanes}", a) for j, a in enumerate(accs))
         main = f"""for (; r0 + {(unroll - 1) * lanes} < {R}; r0 += {unroll * lanes}) {{
       {blocks}
     }}
     """
-    else:
-        main = ""
     tail = f"""for (; r0 < {R}; r0 += {lanes}) {{
       {body("r0", "acc0")}
     }}"""
-    # fixed pairwise order
-    parts = list(accs)
+    parts = list(accs)  # combined in a fixed pairwise order
     while len(parts) > 1:
         parts = [f"({comb(parts[i], parts[i + 1])})" if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
     if ofast:
-        lane_of, out_of = f"lid / {per_group}u", f"lid % {per_group}u"
-        step = per_group
+        lane_of, out_of, step = f"lid / {per_group}u", f"lid % {per_group}u", per_group
     else:
-        lane_of, out_of = f"lid % {lanes}u", f"lid / {lanes}u"
-        step = 1
+        lane_of, out_of, step = f"lid % {lanes}u", f"lid / {lanes}u", 1
     tree = ""
     s = lanes // 2
     while s >= 1:
@@ -406,81 +268,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   red[lid] = acc;
   workgroupBarrier();
 {tree}  if (lane == 0u && gidx < {k.size}) {{
-    {_store(layout, buf_var, t, 'gidx', 'red[lid]', 'f32')}
+    {prm.store(int(t[1:]), 'gidx', 'red[lid]')}
   }}
 }}
 """
-    return src, (WG, 1, 1), grid
+    return src, (WG, 1, 1), grid, 4 * WG
 
 
 # ------------------------------------------------------------------ matmul
 
 
-@dataclass(frozen=True)
-class Tile:
-    """BM x BN outputs per workgroup of TY x TX threads (x S k-groups); each thread owns
-    QM x QN quadrants of 4x4 outputs, quadrants BM/QM (BN/QN) apart; BK deep k slices per
-    k-group. With S > 1 the S groups of TY x TX threads each take BK of every S*BK deep
-    slice and their partial sums meet in workgroup memory at the end, in a fixed order
-    (split-K inside one workgroup: no atomics, deterministic)."""
-
-    BM: int
-    BN: int
-    BK: int
-    TY: int
-    TX: int
-    QM: int
-    QN: int
-    S: int = 1
-
-    @property
-    def threads(self) -> int:
-        return self.TY * self.TX * self.S
-
-    @property
-    def smem_bytes(self) -> int:
-        return 4 * self.BK * self.S * (self.BM + self.BN)
-
-    @property
-    def name(self) -> str:
-        return f"{self.BM}x{self.BN}" + (f"s{self.S}" if self.S > 1 else "")
-
-
-TILES = (Tile(128, 128, 16, 16, 16, 2, 2), Tile(64, 64, 16, 16, 16, 1, 1), Tile(32, 32, 16, 8, 8, 1, 1),
-         Tile(32, 32, 16, 8, 8, 1, 1, 4))
-SPLIT_K = TILES[3]
-# features of the matmul template that can be switched off (benchmarks compare them)
-
-
-
-def choose_tile(M: int, N: int, batch: int, K: int = 0) -> Tile:
-    """The largest tile that still gives the GPU a few hundred workgroups and does not
-    pad M or N by more than a quarter; split-K inside the workgroup for long-K products
-    with few output tiles (weight gradients)."""
-    def groups(t):
-        return batch * -(-M // t.BM) * -(-N // t.BN)
-
-    def waste_ok(t):
-        if not OPTIONS["waste"]:
-            return True
-        return -(-M // t.BM) * t.BM <= 1.25 * max(M, 32) and -(-N // t.BN) * t.BN <= 1.25 * max(N, 32)
-
-    for t in TILES[:2]:
-        if groups(t) >= 128 and waste_ok(t):
-            return t
-    small = TILES[2]
-    if OPTIONS["splitk"] and K >= 8 * SPLIT_K.BK * SPLIT_K.S and groups(small) < 512:
-        return SPLIT_K
-    return small
-
-
 def _tile_load(name: str, sm: str, outer: int, BK: int, threads: int, base: str, s_out: int, s_k: int,
-               lim_out: int, lim_k: int, guard_out: bool, guard_k: bool, buf: str, kvar: str = "k0",
+               lim_out: int, lim_k: int, guard_out: bool, guard_k: bool, ld, kvar: str = "k0",
                onehot: bool = False) -> tuple[list[str], list[str], list[str]]:
     """Copy a BK x outer slice into `sm` (k-major vec4s of 4 consecutive outer indices)
     with whole-vec4 stores; threads run along whichever dimension is contiguous.
     Returns (declarations, global loads into registers at k = `kvar`, stores into `sm`)
-    so that the loads of the next slice can be issued before the current one is used."""
+    so that the loads of the next slice can be issued before the current one is used.
+    `ld(idx)` is the text that loads element idx of the operand's parameter."""
     quads = outer // 4
     n = BK * quads // threads
     decls, loads, stores = [], [], []
@@ -498,61 +303,63 @@ def _tile_load(name: str, sm: str, outer: int, BK: int, threads: int, base: str,
             gk = f"({kvar} + {reg}_k)"
             if onehot:  # A[m, k] = (index[k] == m): the i32 index at `base`, nothing stored
                 ok = f"{gk} < {lim_k}" if guard_k else "true"
-                comps.append(f"select(0.0, 1.0, {ok} && bitcast<i32>({buf}[{base} + select(0, {gk}, {ok})]) == {reg}_o + {r})")
+                comps.append(f"select(0.0, 1.0, {ok} && {ld(f'{base} + select(0, {gk}, {ok})')} == {reg}_o + {r})")
                 continue
             idx = f"{base} + ({reg}_o + {r}) * {s_out} + {gk} * {s_k}"
             conds = ([f"{reg}_o + {r} < {lim_out}"] if guard_out else []) + ([f"{gk} < {lim_k}"] if guard_k else [])
             if conds:
                 ok = " && ".join(conds)
-                comps.append(f"select(0.0, {buf}[select(0, {idx}, {ok})], {ok})")
+                comps.append(f"select(0.0, {ld(f'select(0, {idx}, {ok})')}, {ok})")
             else:
-                comps.append(f"{buf}[{idx}]")
+                comps.append(ld(idx))
         loads.append(f"{reg} = vec4<f32>({', '.join(comps)});")
         stores.append(f"{sm}[{reg}_s] = {reg};")
     return decls, loads, stores
 
 
-def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tuple[str, tuple, tuple, int, Tile]:
+def _matmul(k: Kernel, prm: Params) -> tuple[str, tuple, tuple, int]:
     M, N, K = k.M, k.N, k.K
     nb = math.prod(k.batch)
-    t = tile or choose_tile(M, N, nb, K)
+    d = k.decisions["wgsl"]
+    t, prefetch = d["tile"], d["prefetch"]
+    BM, BN, BK, TY, TX, QM, QN, S = (t[x] for x in ("BM", "BN", "BK", "TY", "TX", "QM", "QN", "S"))
+    threads = TY * TX * S
     a, b = k.a, k.b
     nd = len(k.batch)
     onehot = a is None  # A from an index tensor (Kernel.a_onehot); no batch then
     sam, sak = (0, 0) if onehot else (a.strides[nd], a.strides[nd + 1])
     sbk, sbn = b.strides[nd], b.strides[nd + 1]
+    pa, pb, pc = int((k.a_onehot if onehot else a.tensor)[1:]), int(b.tensor[1:]), int(k.out[1:])
     # batch offsets: unflatten wid.z over the batch dims
     pre = ["let bz = i32(wid.z);"]
-    a_off = [str(layout.element_offset(k.a_onehot) if onehot else layout.element_offset(a.tensor) + a.offset)]
-    b_off = [str(layout.element_offset(b.tensor) + b.offset)]
+    a_off = [str(0 if onehot else a.offset)]
+    b_off = [str(b.offset)]
     rest = "bz"
-    for d in reversed(range(nd)):
-        pre.append(f"let bi{d} = {rest} % {k.batch[d]};")
-        rest = f"({rest} / {k.batch[d]})"
-        a_off.append(f"bi{d} * {a.strides[d]}")
-        b_off.append(f"bi{d} * {b.strides[d]}")
+    for dd in reversed(range(nd)):
+        pre.append(f"let bi{dd} = {rest} % {k.batch[dd]};")
+        rest = f"({rest} / {k.batch[dd]})"
+        a_off.append(f"bi{dd} * {a.strides[dd]}")
+        b_off.append(f"bi{dd} * {b.strides[dd]}")
     pre.append(f"let abase = {' + '.join(a_off)};")
     pre.append(f"let bbase = {' + '.join(b_off)};")
-    pre.append(f"let cbase = {layout.element_offset(k.out)} + bz * {M * N};")
-    KT = t.BK * t.S  # k depth of one slice in workgroup memory
-    gm, gn, gk = M % t.BM != 0, N % t.BN != 0, K % KT != 0
-    bufa, bufb = buf_var[layout.places[k.a_onehot if onehot else a.tensor][0]], buf_var[layout.places[b.tensor][0]]
-    prefetch = OPTIONS["prefetch"]
+    pre.append(f"let cbase = bz * {M * N};")
+    KT = BK * S  # k depth of one slice in workgroup memory
+    gm, gn, gk = M % BM != 0, N % BN != 0, K % KT != 0
     kv = "kn" if prefetch else "k0"
-    da, la, sa_ = _tile_load("m", "As", t.BM, KT, t.threads, "abase", sam, sak, M, K, gm, gk, bufa, kv, onehot)
-    db, lb, sb_ = _tile_load("n", "Bs", t.BN, KT, t.threads, "bbase", sbn, sbk, N, K, gn, gk, bufb, kv)
-    qa, qb = t.BM // 4, t.BN // 4
+    da, la, sa_ = _tile_load("m", "As", BM, KT, threads, "abase", sam, sak, M, K, gm, gk, lambda i: prm.load(pa, i), kv, onehot)
+    db, lb, sb_ = _tile_load("n", "Bs", BN, KT, threads, "bbase", sbn, sbk, N, K, gn, gk, lambda i: prm.load(pb, i), kv)
+    qa, qb = BM // 4, BN // 4
     # acc c_i_r_j: row quadrant i, row r within it, column quadrant j (a vec4 of 4 columns)
-    accs = [(i, r, j) for i in range(t.QM) for r in range(4) for j in range(t.QN)]
+    accs = [(i, r, j) for i in range(QM) for r in range(4) for j in range(QN)]
     decl = [f"var c_{i}_{r}_{j} = vec4<f32>(0.0);" for i, r, j in accs]
-    kg = "kg + " if t.S > 1 else ""
+    kg = "kg + " if S > 1 else ""
     step = []  # the k loop unrolled, each step in its own block so `let` names repeat
-    for kk in range(t.BK):
+    for kk in range(BK):
         step.append("{")
-        for i in range(t.QM):
-            step.append(f"  let a{i} = As[{kg}{kk * qa}u + ty + {i * qa // t.QM}u];")
-        for j in range(t.QN):
-            step.append(f"  let b{j} = Bs[{kg}{kk * qb}u + tx + {j * qb // t.QN}u];")
+        for i in range(QM):
+            step.append(f"  let a{i} = As[{kg}{kk * qa}u + ty + {i * qa // QM}u];")
+        for j in range(QN):
+            step.append(f"  let b{j} = Bs[{kg}{kk * qb}u + tx + {j * qb // QN}u];")
         for i, r, j in accs:
             step.append(f"  c_{i}_{r}_{j} = fma(vec4<f32>(a{i}.{'xyzw'[r]}), b{j}, c_{i}_{r}_{j});")
         step.append("}")
@@ -563,9 +370,9 @@ def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tup
     bd = k.band
     if bd is not None:
         lo = ["0"] + [f"{v} + {off}" for v, off in (("m0", bd.k_from_m), ("n0", bd.k_from_n)) if off is not None]
-        hi = [str(K)] + [f"{v} + {off}" for v, off in ((f"min(m0 + {t.BM}, {M}) - 1", bd.k_to_m), (f"min(n0 + {t.BN}, {N}) - 1", bd.k_to_n)) if off is not None]
-        dead = ([f"n0 > min(m0 + {t.BM}, {M}) - 1 + {bd.dead_above}"] if bd.dead_above is not None else []) + (
-            [f"min(n0 + {t.BN}, {N}) - 1 < m0 + {bd.dead_below}"] if bd.dead_below is not None else [])
+        hi = [str(K)] + [f"{v} + {off}" for v, off in ((f"min(m0 + {BM}, {M}) - 1", bd.k_to_m), (f"min(n0 + {BN}, {N}) - 1", bd.k_to_n)) if off is not None]
+        dead = ([f"n0 > min(m0 + {BM}, {M}) - 1 + {bd.dead_above}"] if bd.dead_above is not None else []) + (
+            [f"min(n0 + {BN}, {N}) - 1 < m0 + {bd.dead_below}"] if bd.dead_below is not None else [])
         mx = lambda xs: xs[0] if len(xs) == 1 else f"max({xs[0]}, {mx(xs[1:])})"
         mn = lambda xs: xs[0] if len(xs) == 1 else f"min({xs[0]}, {mn(xs[1:])})"
         khi = f"select({mn(hi)}, 0, {' || '.join(dead)})" if dead else mn(hi)
@@ -596,11 +403,11 @@ def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tup
     # them in group order and stores
     combine = []
     nacc = len(accs)
-    if t.S > 1:
-        tg = t.TX * t.TY
+    if S > 1:
+        tg = TX * TY
         cap_a = KT * qa
         combine.append("workgroupBarrier();")
-        for g in range(1, t.S):
+        for g in range(1, S):
             combine.append(f"if (l.z == {g}u) {{")
             for n_, (i, r, j) in enumerate(accs):
                 slot = (g - 1) * tg * nacc + n_
@@ -609,37 +416,37 @@ def _matmul(k: Kernel, layout: Layout, buf_var, tile: Tile | None = None) -> tup
             combine.append("}")
         combine.append("workgroupBarrier();")
         combine.append("if (l.z != 0u) { return; }")
-        for g in range(1, t.S):
+        for g in range(1, S):
             for n_, (i, r, j) in enumerate(accs):
                 slot = (g - 1) * tg * nacc + n_
                 arr, off = ("As", slot) if (g - 1) * tg * nacc + tg * nacc <= cap_a else ("Bs", slot - cap_a)
                 combine.append(f"c_{i}_{r}_{j} = c_{i}_{r}_{j} + {arr}[{off}u + tl * {nacc}u];")
-        assert (t.S - 1) * tg * nacc <= KT * (qa + qb), "split-K partials do not fit the tile memory"
+        assert (S - 1) * tg * nacc <= KT * (qa + qb), "split-K partials do not fit the tile memory"
     store = []
     for i, r, j in accs:
-        row = f"m0 + {i * t.BM // t.QM + r} + 4 * i32(ty)"
-        col = f"n0 + {j * t.BN // t.QN} + 4 * i32(tx)"
+        row = f"m0 + {i * BM // QM + r} + 4 * i32(ty)"
+        col = f"n0 + {j * BN // QN} + 4 * i32(tx)"
         for c in range(4):
             cond = ([f"{row} < {M}"] if gm else []) + ([f"{col} + {c} < {N}"] if gn else [])
-            st = f"{buf_var[layout.places[k.out][0]]}[cbase + ({row}) * {N} + {col} + {c}] = c_{i}_{r}_{j}.{'xyzw'[c]};"
+            st = prm.store(pc, f"cbase + ({row}) * {N} + {col} + {c}", f"c_{i}_{r}_{j}.{'xyzw'[c]}")
             store.append(f"if ({' && '.join(cond)}) {{ {st} }}" if cond else st)
-    wgs = (t.TX, t.TY, t.S)
+    wgs = (TX, TY, S)
     extra = ""
-    if t.S > 1:
-        extra = f"\n  let kg = l.z * {t.BK * qa}u;  // this k-group's rows of the slice (qa == qb)\n  let tl = l.y * {t.TX}u + l.x;"
+    if S > 1:
         assert qa == qb
+        extra = f"\n  let kg = l.z * {BK * qa}u;  // this k-group's rows of the slice (qa == qb)\n  let tl = l.y * {TX}u + l.x;"
     src = f"""var<workgroup> As: array<vec4<f32>, {KT * qa}>;  // [BK*S][BM/4], k-major
 var<workgroup> Bs: array<vec4<f32>, {KT * qb}>;  // [BK*S][BN/4]
 
-// {k.out}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]; M={M} N={N} K={K} batch={list(k.batch)}
-// tile {t.BM}x{t.BN}x{t.BK}, {t.TY}x{t.TX} threads x {t.S} k-groups, {t.QM}x{t.QN} quadrants of 4x4 per thread{', next slice prefetched into registers' if prefetch else ''}
+// p{pc}[b, m, n] = sum_k A[b, m, k] * B[b, k, n]; M={M} N={N} K={K} batch={list(k.batch)}
+// tile {BM}x{BN}x{BK}, {TY}x{TX} threads x {S} k-groups, {QM}x{QN} quadrants of 4x4 per thread{', next slice prefetched into registers' if prefetch else ''}
 @compute @workgroup_size({wgs[0]}, {wgs[1]}, {wgs[2]})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
   let tx = l.x;
   let ty = l.y;{extra}
-  let m0 = i32(wid.y) * {t.BM};
-  let n0 = i32(wid.x) * {t.BN};
+  let m0 = i32(wid.y) * {BM};
+  let n0 = i32(wid.x) * {BN};
   {ind.join(pre)}
   {ind.join(decl)}
   {ind.join(da + db)}
@@ -649,67 +456,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
   {ind.join(store)}
 }}
 """
-    grid = (-(-N // t.BN), -(-M // t.BM), nb)
+    grid = (-(-N // BN), -(-M // BM), nb)
     if max(grid) > MAX_DISPATCH:
         raise TgcError(f"kernel {k.name}: matmul grid {grid} exceeds {MAX_DISPATCH} workgroups per dimension")
-    return src, wgs, grid, t.smem_bytes, t
+    return src, wgs, grid, 4 * BK * S * (BM + BN)
 
 
-# ------------------------------------------------------------------ entry points
+# ------------------------------------------------------------------ entry point
+
+TEMPLATES = {"elementwise": _elementwise, "reduce": _reduce, "matmul": _matmul}
 
 
-def render_kernel(k: Kernel, layout: Layout, name: str | None = None) -> RenderedKernel:
-    binds, buf_var = _bindings(k, layout)
-    uses_u = bool(k.uniforms())
-    head, ub = _header(binds, layout, uses_u)
-    info, wg_bytes = {}, 0
-    if k.kind == "elementwise":
-        body, wgs, grid = _elementwise(k, layout, buf_var)
-    elif k.kind == "reduce":
-        body, wgs, grid = _reduce(k, layout, buf_var)
-        lanes, ofast, unroll = reduce_shape(k)
-        wg_bytes, info = 4 * WG, {"lanes": lanes, "outputs_fast": ofast, "unroll": unroll}
-    elif k.kind == "matmul":
-        body, wgs, grid, wg_bytes, t = _matmul(k, layout, buf_var)
-        info = {"tile": [t.BM, t.BN, t.BK] + ([t.S] if t.S > 1 else [])}
-    else:
+def render_kernel(k: Kernel, uniforms: dict[str, tuple[int, str]]) -> RenderedKernel:
+    """WGSL for a canonical kernel after the kernel passes; `uniforms`: the uniform block's
+    fields (name -> (byte offset, dtype)), declared whole by every kernel that reads one."""
+    prm = Params(k)
+    uses_u = any(e.op is Op.UNIFORM for e in _walk_outputs(k))
+    template = TEMPLATES.get(k.kind)
+    if template is None:
         raise TgcError(f"kernel {k.name}: unknown kind {k.kind!r}")
-    name = name or k.name
-    src = f"// {name}: {k.kind} kernel generated by tgc\n" + head + "\n" + (ERF_FN + "\n" if "tgc_erf(" in body else "") + body
-    return RenderedKernel(name, src, binds, wgs, grid, ub, wg_bytes, info)
+    body, wgs, grid, wg_bytes = template(k, prm)
+    head, ub = prm.declarations(uniforms if uses_u else None)
+    src = f"// {k.name}: {k.kind} kernel generated by tgc\n" + head + "\n" + math_functions(body) + body
+    return RenderedKernel(k.name, src, wgs, grid, ub, wg_bytes, list(prm.chunks))
 
 
-def emit(compiled, manifest: dict, out_dir, dump_dir=None) -> dict:
-    """Write kernels/<program>.<kernel>.wgsl for every launch and describe each launch's
-    bindings and dispatch under launch["webgpu"]; also every tensor's place per program."""
-    out_dir = Path(out_dir)
-    kdir = out_dir / "kernels"
-    kdir.mkdir(parents=True, exist_ok=True)
-    stats = {"kernels": 0, "max_storage_buffers": 0, "max_workgroup_bytes": 0, "max_invocations": 0}
-    for pname, prog in manifest["programs"].items():
-        sched, layout = compiled.schedules[pname], compiled.layouts[pname]
-        kernels = {f"{pname}.{k.name}": k for k in sched.kernels}
-        for launch in prog["launches"]:
-            r = render_kernel(kernels[launch["kernel"]], layout, launch["kernel"])
-            rel = f"kernels/{r.name}.wgsl"
-            (out_dir / rel).write_text(r.source)
-            launch["webgpu"] = {
-                "wgsl": rel,
-                "bindings": [{"binding": i, "buffer": b, "access": a} for i, b, a in r.bindings],
-                "uniform_binding": r.uniform_binding,
-                "dispatch": list(r.dispatch),
-                "workgroup_size": list(r.workgroup_size),
-                "workgroup_bytes": r.workgroup_bytes,
-                **r.info,
-            }
-            stats["kernels"] += 1
-            stats["max_storage_buffers"] = max(stats["max_storage_buffers"], len(r.bindings))
-            stats["max_workgroup_bytes"] = max(stats["max_workgroup_bytes"], r.workgroup_bytes)
-            stats["max_invocations"] = max(stats["max_invocations"], math.prod(r.workgroup_size))
-        prog["places"] = {
-            t: {"buffer": layout.places[t][0], "offset": layout.places[t][1], "shape": list(info.shape), "dtype": info.dtype}
-            for t, info in sched.tensors.items()
-        }
-    if dump_dir is not None:
-        shutil.copytree(kdir, Path(dump_dir) / "wgsl", dirs_exist_ok=True)
-    return {"dir": "kernels", **stats}
+def _walk_outputs(k: Kernel):
+    from tgc.ir.kernel import walk
+
+    return walk([e for _, e in k.outputs])

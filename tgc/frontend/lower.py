@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from tgc.errors import Loc, ShapeError, TgcError
 from tgc.frontend import ast as A
 from tgc.frontend.check import (
-    BUILTIN_ARITY, ParamSpec, as_int, check, consteval, expand_params, resolve_config,
+    BUILTIN_ARITY,
+    ParamSpec,
+    as_int,
+    check,
+    consteval,
+    expand_params,
+    resolve_config,
 )
 from tgc.frontend.parser import parse_file, parse_text
 from tgc.ir import build

@@ -1,21 +1,29 @@
-"""The kernel IR (.kir): what the scheduler hands to every code generator.
+"""The kernel IR (.kir): what the scheduler hands to the kernel passes and the code generators.
 
-A Kernel is one launch: an index space and, per output, a scalar expression tree
-(KExpr) over loads of tensors at computed flat indices. There are three kinds:
+A Kernel is one computation over an index space and, per output, a scalar expression
+tree (KExpr) over loads of tensors at computed flat indices. There are three kinds:
 
 - elementwise: for gid in [0, size): out_j[gid] = expr_j(gid)
 - reduce:      for gid in [0, size): out[gid] = SUM/RMAX over r in [0, R) of expr(gid, r)
 - matmul:      out[b, m, n] = sum_k A[b, m, k] * B[b, k, n], A and B strided views
 
 KExprs use the IR's Op enum (arithmetic, CONST, UNIFORM, WHERE, ...) plus the
-kernel-only ops LOAD, GIDX, RIDX, IDIV, MOD. Index arithmetic is simplified as it
+kernel-only ops LOAD, GIDX, RIDX, AXIS, IDIV, MOD. Index arithmetic is simplified as it
 is built, using value bounds, so that a contiguous view folds back to `gid` and
-renderers emit no division where none is needed. Tensors are named; where a
-tensor lives (buffer, offset) is the memory plan's business, not the kernel's.
+renderers emit no division where none is needed.
+
+The scheduler's kernels name the tensors they touch. `canonical` turns one into a
+kernel of *parameters* p0, p1, ... (written tensors first, then read ones) plus the
+tensor bound to each: identical computations on different tensors (every layer's
+copy) become one kernel and several launches, and nothing in a kernel says where a
+tensor lives. The kernel passes (tgc/ir/kpasses.py) then add the iteration structure
+a CPU loop nest needs (`Nest`: named axes, a cut axis split into regions) and the
+launch decisions (`decisions`: tiles, reduction layout, outputs per thread, blocking).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +82,11 @@ def gidx(size: int) -> KExpr:
 
 def ridx(size: int) -> KExpr:
     return KExpr(Op.RIDX, "i32", (), None, 0, size - 1)
+
+
+def axis(name: str, size: int) -> KExpr:
+    """An index of a loop nest, in [0, size)."""
+    return KExpr(Op.AXIS, "i32", (), name, 0, size - 1)
 
 
 def iadd(a, b) -> KExpr:
@@ -275,6 +288,10 @@ class Kernel:
     K: int = 0
     band: Band | None = None  # triangular structure the matmul may skip
     a_onehot: str | None = None  # A[m, k] = (this i32 tensor[k] == m), never stored (a is None)
+    # filled in by `canonical` and the kernel passes
+    params: tuple["Param", ...] = ()  # a canonical kernel's tensors are p0, p1, ...: what each is
+    nest: "Nest | None" = None  # the loop nest of elementwise and reduce kernels (kpasses.plan_nest)
+    decisions: dict = field(default_factory=dict)  # launch decisions, plain data (kpasses)
 
     def loads(self) -> set[str]:
         out = {e.arg for e in walk(e for _, e in self.outputs) if e.op is Op.LOAD}
@@ -287,6 +304,126 @@ class Kernel:
 
     def uniforms(self) -> set[str]:
         return {e.arg for e in walk(e for _, e in self.outputs) if e.op is Op.UNIFORM}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter of a canonical kernel: the tensor bound to it at launch has this dtype and
+    number of elements; access says whether the kernel reads it, writes it, or both."""
+
+    dtype: str
+    elements: int
+    access: str  # "read" | "write" | "read_write"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A range [lo, hi) of a nest's cut axis, with the outputs specialised to it (the index
+    math that switches at the range's ends resolved, a mask decided). lo and hi are
+    expressions of the outer axes and uniforms."""
+
+    lo: KExpr
+    hi: KExpr
+    outputs: tuple[tuple[str, KExpr], ...]
+
+
+@dataclass(frozen=True)
+class Nest:
+    """The loop nest of an elementwise or reduce kernel, outer axis first. The flat output
+    index is gid = row * L + j for axes row < size / L, j < L; a reduce kernel's ridx is
+    the axis r. `cut` is the axis split into `regions`, which cover it in order; every
+    other axis runs whole. Expressions use AXIS leaves named like the axes."""
+
+    axes: tuple[tuple[str, int], ...]
+    cut: str
+    regions: tuple[Region, ...]
+
+    def size(self, name: str) -> int:
+        return dict(self.axes)[name]
+
+
+def tensors_in_order(k: Kernel) -> list[str]:
+    """The tensors a kernel touches, in parameter order: those written (output order), then
+    those only read, in order of first appearance (a depth-first walk of the outputs)."""
+    order = list(k.writes())
+    seen = set(order)
+
+    def visit(e: KExpr, done: set):
+        stack = [e]
+        while stack:
+            x = stack.pop()
+            if id(x) in done:
+                continue
+            done.add(id(x))
+            if x.op is Op.LOAD and x.arg not in seen:
+                seen.add(x.arg)
+                order.append(x.arg)
+            stack.extend(reversed(x.srcs))
+
+    done: set = set()
+    for _, e in k.outputs:
+        visit(e, done)
+    if k.kind == "matmul":
+        for t in (k.a_onehot if k.a is None else k.a.tensor, k.b.tensor):
+            if t not in seen:
+                seen.add(t)
+                order.append(t)
+    return order
+
+
+class Interner:
+    """Hash-consing of expressions: structurally equal KExprs become one object, so equal
+    kernels compare by identity (a DAG compared structurally revisits shared nodes)."""
+
+    def __init__(self):
+        self.table: dict = {}
+
+    def __call__(self, e: KExpr, names: dict[str, str] | None = None, memo: dict | None = None) -> KExpr:
+        """e interned, with every LOAD's tensor renamed through `names`."""
+        memo = {} if memo is None else memo
+        stack = [e]
+        while stack:  # iterative post-order: kernels of long fused chains are deep
+            x = stack[-1]
+            if id(x) in memo:
+                stack.pop()
+                continue
+            todo = [s for s in x.srcs if id(s) not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            srcs = tuple(memo[id(s)] for s in x.srcs)
+            arg = names.get(x.arg, x.arg) if names and x.op is Op.LOAD else x.arg
+            key = (x.op, x.dtype, tuple(id(s) for s in srcs), arg, x.vmin, x.vmax)
+            hit = self.table.get(key)
+            if hit is None:
+                hit = self.table[key] = KExpr(x.op, x.dtype, srcs, arg, x.vmin, x.vmax)
+            memo[id(x)] = hit
+        return memo[id(e)]
+
+
+def canonical(k: Kernel, tensors: dict, intern: Interner | None = None) -> tuple[Kernel, list[str]]:
+    """(the kernel over parameters p0, p1, ..., the tensors bound to them). `tensors`: name ->
+    TensorInfo (shape, dtype). Equal computations give equal canonical kernels (`kernel_key`)."""
+    intern = intern or Interner()
+    order = tensors_in_order(k)
+    names = {t: f"p{i}" for i, t in enumerate(order)}
+    writes, reads = set(k.writes()), k.loads()
+    params = tuple(Param(tensors[t].dtype, math.prod(tensors[t].shape),
+                         "read_write" if t in writes and t in reads else "write" if t in writes else "read")
+                   for t in order)  # fmt: skip
+    memo: dict = {}
+    view = lambda v: None if v is None else View(names[v.tensor], v.shape, v.strides, v.offset)
+    c = Kernel(k.name, k.kind, k.size, [(names[t], intern(e, names, memo)) for t, e in k.outputs], k.reduce_op,
+               k.reduce_len, view(k.a), view(k.b), names.get(k.out), k.batch, k.M, k.N, k.K, k.band,
+               names.get(k.a_onehot), params)  # fmt: skip
+    return c, order
+
+
+def kernel_key(k: Kernel) -> tuple:
+    """Everything a canonical kernel computes: two kernels with equal keys are one kernel."""
+    return (k.kind, k.size, tuple(k.outputs), k.reduce_op, k.reduce_len, k.a, k.b, k.out, k.batch, k.M, k.N, k.K,
+            k.band, k.a_onehot, k.params)
 
 
 def format_expr_dag(roots: list[KExpr]) -> tuple[list[str], dict]:

@@ -7,8 +7,13 @@
   outputs live to the end) with greedy-by-size placement. Programs run one at a
   time, so they share the arena.
 - Offsets are 256-byte aligned (WebGPU's minStorageBufferOffsetAlignment) and no
-  tensor crosses a buffer: buffers are pools of at most `max_buffer` bytes, so
-  each can be bound whole within the browser's binding limit.
+  tensor crosses a buffer. Buffers are pools of at most `max_buffer` bytes (WebGPU's
+  default maxBufferSize is 256 MiB); a tensor larger than that gets a buffer of its
+  own size (persistent), or starts a pool that is extended to hold it (arena). Each
+  target applies its own limits beyond that: wasm64 places every buffer in its linear
+  memory as it is; WebGPU binds a tensor over the binding size in chunks
+  (tgc/codegen/wgsl.py) and needs an adapter whose maxBufferSize fits the largest
+  buffer (the runtime checks).
 
 `PlanReport.lower_bound` is parameters + gradients + optimizer state + the
 largest set of simultaneously live activations, measured on the same liveness
@@ -19,8 +24,6 @@ says how the 1.3x check uses it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from tgc.errors import TgcError
 
 ALIGN = 256
 PERSISTENT_ROLES = ("parameter", "optimizer_state", "kv_cache", "input")
@@ -78,10 +81,8 @@ def _pack_persistent(tensors, max_buffer: int, prefix: str) -> tuple[list[Buffer
     places = {}
     for name, nbytes in tensors:
         size = _align(nbytes)
-        if size > max_buffer:
-            raise TgcError(f"tensor {name} ({nbytes} bytes) exceeds the largest buffer allowed ({max_buffer} bytes)")
-        for b in buffers:  # first fit
-            if b.size + size <= max_buffer:
+        for b in buffers:  # first fit (a tensor over max_buffer gets a buffer of its own)
+            if size <= max_buffer and b.size + size <= max_buffer:
                 break
         else:
             b = Buffer(f"{prefix}{len(buffers)}", 0, "persistent")
@@ -108,29 +109,52 @@ def _liveness(sched) -> dict[str, list[int]]:
 
 def _place_arena(intervals: list[tuple[str, int, int, int]], max_buffer: int) -> tuple[dict[str, int], int]:
     """Greedy by size: largest tensor first, at the lowest offset where it overlaps no
-    placed tensor that is live at the same time and does not cross a pool boundary."""
+    placed tensor that is live at the same time and does not cross a pool boundary (a
+    tensor over max_buffer starts at one and spans the pools it needs)."""
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, start_t, end_t)
     offsets: dict[str, int] = {}
     top = 0
+
+    def fit(off: int, size: int) -> int:
+        crosses = off // max_buffer != (off + size - 1) // max_buffer
+        if (size <= max_buffer and crosses) or (size > max_buffer and off % max_buffer):
+            return (off // max_buffer + 1) * max_buffer
+        return off
+
     for name, size, s, e in sorted(intervals, key=lambda x: (-x[1], x[2], x[0])):
         busy = sorted((o, oe) for o, oe, ps, pe in placed if not (pe < s or e < ps))
         off = 0
         for o, oe in busy:
-            if off // max_buffer != (off + size - 1) // max_buffer:
-                off = (off // max_buffer + 1) * max_buffer
+            off = fit(off, size)
             if off + size <= o:
                 break
             off = max(off, oe)
-        if off // max_buffer != (off + size - 1) // max_buffer:
-            off = (off // max_buffer + 1) * max_buffer
+        off = fit(off, size)
         offsets[name] = off
         placed.append((off, off + size, s, e))
         top = max(top, off + size)
     return offsets, top
 
 
-def plan_memory(schedules: dict, max_buffer: int = 128 << 20) -> MemoryPlan:
-    """Place every tensor of every scheduled program (name -> Schedule)."""
+def _arena_buffers(spans: list[tuple[int, int]], top: int, max_buffer: int) -> list[tuple[int, int]]:
+    """The arena's pools as (start, end) byte ranges of the arena space: one per
+    max_buffer unit, except that units a tensor spans (offset, end) are one pool."""
+    units = -(-top // max_buffer)
+    joined = [False] * units  # joined[u]: unit u belongs to the pool of unit u - 1
+    for off, end in spans:
+        for u in range(off // max_buffer + 1, -(-end // max_buffer)):
+            joined[u] = True
+    pools, start = [], 0
+    for u in range(1, units + 1):
+        if u == units or not joined[u]:
+            pools.append((start * max_buffer, min(u * max_buffer, top)))
+            start = u
+    return pools
+
+
+def plan_memory(schedules: dict, max_buffer: int = 128 << 20, keep_all: bool = False) -> MemoryPlan:
+    """Place every tensor of every scheduled program (name -> Schedule). With `keep_all`
+    no two tensors of a program share memory (tests read every intermediate afterwards)."""
     persistent: dict[str, tuple[str, int]] = {}
     for s in schedules.values():
         for t in s.tensors.values():
@@ -146,16 +170,20 @@ def plan_memory(schedules: dict, max_buffer: int = 128 << 20) -> MemoryPlan:
             places.update(pl)
     persistent_bytes = sum(b.size for b in buffers)
 
-    arena_places: dict[str, dict[str, tuple[str, int]]] = {}
+    offsets_of: dict[str, dict[str, int]] = {}
     arena_top = 0
     reports = {}
+    spans = []
     for pname, s in schedules.items():
         live = _liveness(s)
+        if keep_all:
+            live = {t: [0, len(s.kernels)] for t in live}
         intervals = [
             (t, _align(s.tensors[t].nbytes), a, b) for t, (a, b) in live.items() if t not in places
         ]
         offsets, top = _place_arena(intervals, max_buffer)
-        arena_places[pname] = {t: (f"arena{o // max_buffer}", o % max_buffer) for t, o in offsets.items()}
+        offsets_of[pname] = offsets
+        spans += [(o, o + _align(s.tensors[t].nbytes)) for t, o in offsets.items() if s.tensors[t].nbytes > max_buffer]
         arena_top = max(arena_top, top)
         # the lower bound: P + G + O + max live activations (no fragmentation)
         steps = [0] * (len(s.kernels) + 1)
@@ -168,15 +196,15 @@ def plan_memory(schedules: dict, max_buffer: int = 128 << 20) -> MemoryPlan:
             pname, persistent_bytes, _align(top), role_bytes("parameter"), role_bytes("gradient"),
             role_bytes("optimizer_state"), max(steps) if steps else 0, role_bytes("kv_cache") + role_bytes("input"),
         )
-    n_arena = (arena_top + max_buffer - 1) // max_buffer
-    for i in range(n_arena):
-        buffers.append(Buffer(f"arena{i}", _align(min(max_buffer, arena_top - i * max_buffer)), "arena"))
-    # pools below the top one are full-size only as far as some program uses them
-    for b in buffers:
-        if b.kind == "arena":
-            used = max(
-                (off + _align(schedules[p].tensors[t].nbytes) for p, pl in arena_places.items() for t, (bn, off) in pl.items() if bn == b.name),
-                default=0,
-            )
-            b.size = _align(used)
+    pools = _arena_buffers(spans, arena_top, max_buffer)
+    arena_places: dict[str, dict[str, tuple[str, int]]] = {}
+    used = [0] * len(pools)
+    for pname, offsets in offsets_of.items():
+        pl = arena_places[pname] = {}
+        for t, o in offsets.items():
+            i = next(i for i, (a, b) in enumerate(pools) if a <= o < b)
+            pl[t] = (f"arena{i}", o - pools[i][0])
+            used[i] = max(used[i], o - pools[i][0] + _align(schedules[pname].tensors[t].nbytes))
+    # a pool is as large as some program uses it
+    buffers += [Buffer(f"arena{i}", _align(u), "arena") for i, u in enumerate(used)]
     return MemoryPlan(buffers, places, arena_places, reports)

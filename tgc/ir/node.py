@@ -83,6 +83,26 @@ def toposort(outputs) -> list[Node]:
     return order
 
 
+def toposort_until(outputs, stop) -> list[Node]:
+    """Like toposort, but nodes in `stop` are neither returned nor descended into."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    stack = [(n, False) for n in reversed(list(outputs)) if n not in stop]
+    while stack:
+        n, done = stack.pop()
+        if done:
+            order.append(n)
+            continue
+        if n.uid in seen:
+            continue
+        seen.add(n.uid)
+        stack.append((n, True))
+        for s in reversed(n.srcs):
+            if s.uid not in seen and s not in stop:
+                stack.append((s, False))
+    return order
+
+
 def substitute(outputs, mapping: dict[Node, Node]) -> list[Node]:
     """Rebuild the graph under `outputs` with nodes replaced per `mapping` (sources first)."""
     new: dict[Node, Node] = dict(mapping)

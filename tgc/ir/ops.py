@@ -62,6 +62,7 @@ class Op(Enum):
     RIDX = auto()       # the reduction loop index
     IDIV = auto()       # integer floor division (operands >= 0)
     MOD = auto()        # integer remainder (operands >= 0)
+    AXIS = auto()       # arg=name: an index of the kernel's loop nest ("row", "j", "r"; tgc/ir/kpasses.py)
 
 
 class GroupOp:
@@ -73,7 +74,7 @@ class GroupOp:
     Reduce = frozenset({Op.SUM, Op.RMAX})
     Movement = frozenset({Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.PAD, Op.DSLICE})
     Composite = frozenset({Op.ATTENTION, Op.CACHED_ATTENTION})
-    Kernel = frozenset({Op.LOAD, Op.GIDX, Op.RIDX, Op.IDIV, Op.MOD})
+    Kernel = frozenset({Op.LOAD, Op.GIDX, Op.RIDX, Op.IDIV, Op.MOD, Op.AXIS})
     Commutative = frozenset({Op.ADD, Op.MUL, Op.MAX, Op.MIN, Op.CMPEQ})
 
 

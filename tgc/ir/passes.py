@@ -15,23 +15,48 @@ from __future__ import annotations
 
 import numpy as np
 
-from tgc.ir.node import Node, toposort
+from tgc.ir.node import Node, toposort, toposort_until
 from tgc.ir.ops import GroupOp, Op
 from tgc.ir.rules import get_rule
 
 
 def _rewrite(outputs, fn, return_mapping=False):
-    """Rebuild the graph bottom-up; fn(node_with_new_srcs) -> replacement node or None."""
+    """Rebuild the graph bottom-up; fn(node_with_new_srcs) -> replacement node or None.
+    A replacement may itself hold rewritable nodes (a decomposition): those are rewritten
+    too, down to the nodes already settled (so a replacement costs its own size, not the
+    graph's)."""
     new: dict[Node, Node] = {}
-    for n in toposort(outputs):
-        srcs = tuple(new[s] for s in n.srcs)
+    settled: set[Node] = set()  # every node new[] returns: final, never rewritten again
+
+    def settle(n: Node) -> Node:
+        """The final form of node n, all of whose sources are settled or mapped."""
+        srcs = tuple(new.get(s, s) for s in n.srcs)
         cur = n if all(a is b for a, b in zip(srcs, n.srcs)) else Node(n.op, n.dtype, n.shape, srcs, n.arg, n.loc)
         rep = fn(cur)
-        if rep is not None and rep is not cur:
-            # a replacement may itself contain rewritable nodes (e.g. decompositions)
-            rep = _rewrite([rep], fn)[0]
-            assert rep.shape == n.shape and rep.dtype == n.dtype, (n, rep)
-        new[n] = rep if rep is not None else cur
+        if rep is None or rep is cur:
+            return cur
+        if rep not in settled:
+            rep = _settle_graph(rep)
+        assert rep.shape == n.shape and rep.dtype == n.dtype, (n, rep)
+        return rep
+
+    def _settle_graph(root: Node) -> Node:
+        local: dict[Node, Node] = {}
+        for m in toposort_until([root], settled):
+            srcs = tuple(local.get(s, s) for s in m.srcs)
+            cur = m if all(a is b for a, b in zip(srcs, m.srcs)) else Node(m.op, m.dtype, m.shape, srcs, m.arg, m.loc)
+            rep = fn(cur)
+            if rep is not None and rep is not cur and rep not in settled:
+                rep = _settle_graph(rep)
+            out = rep if rep is not None else cur
+            local[m] = out
+            settled.add(out)
+        return local[root] if root in local else root
+
+    for n in toposort(outputs):
+        out = settle(n)
+        new[n] = out
+        settled.add(out)
     outs = [new[o] for o in outputs]
     return (outs, new) if return_mapping else outs
 

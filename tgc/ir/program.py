@@ -143,8 +143,14 @@ def _with_kv_cache(logits: Node, pos: Node, cache_len: int) -> tuple[Node, dict[
     return new_logits, updates
 
 
+# The programs of every GPT artifact, in artifact order: the one list the compiler driver,
+# the manifest and the runtimes go by.
+PROGRAMS = ("train_step", "eval_loss", "forward", "prefill", "decode_step")
+
+
 def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig()) -> dict[str, Program]:
-    """The five programs of a GPT artifact from a lowered DSL model (tgc.frontend.lower.Model)."""
+    """The programs of a GPT artifact (PROGRAMS, in that order) from a lowered DSL model
+    (tgc.frontend.lower.Model)."""
     c = model.config
     ctx, vocab = c["ctx"], c["vocab"]
     zero = build.full((), 0, "i32")
@@ -177,4 +183,5 @@ def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig()) -> dict[
     (step_logits,) = _bind_pos([model.call("logits", tok)], pos)
     step_logits, caches = _with_kv_cache(step_logits, pos, ctx)
     progs["decode_step"] = Program("decode_step", {"logits": build.reshape(step_logits, (1, vocab))}, caches)
+    assert tuple(progs) == PROGRAMS, f"build_programs made {tuple(progs)}, not {PROGRAMS}"
     return progs

@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tgc.errors import TgcError
 from tgc.ir import kernel as K
-from tgc.ir.kernel import Band, KExpr, Kernel, View
+from tgc.ir.kernel import Band, Kernel, KExpr, View
 from tgc.ir.node import Node, toposort
 from tgc.ir.ops import GroupOp, Op
 from tgc.ir.structure import analyze
@@ -219,11 +220,49 @@ class Scheduler:
                         mat.add(r if r.op not in GroupOp.Movement or r.op in (Op.PAD, Op.DSLICE) else s)
                         if isinstance(_view_chain(s, self.is_mat), Node):
                             mat.add(s)
+        self._limit_bindings()
+
+    def _inlined(self, n: Node) -> tuple[set, list]:
+        """(stored nodes the expression of n loads, the nodes inlined into it): a walk of
+        n's sources through what is not stored (positions and uniform scalars are
+        recomputed, not loaded)."""
+        loads, inlined, seen, stack = set(), [], set(), list(n.srcs)
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            if self.is_mat(x) and not self._index_expr(x):
+                loads.add(x)
+            elif not (x.op in GroupOp.Leaf or self._index_expr(x)):
+                inlined.append(x)
+                stack.extend(x.srcs)
+        return loads, inlined
+
+    def _limit_bindings(self):
+        """Every kernel binds each tensor it touches (WebGPU allows MAX_BINDINGS storage
+        bindings, a tensor over the binding size taking several): where a kernel's inlined
+        expression would load too many, store the inlined part that loads the most of them
+        while fitting a kernel itself, and look again."""
+        for n in self.order:
+            if n not in self.mat or n.op in (Op.MATMUL, Op.INPUT):
+                continue
+            loads, inlined = self._inlined(n)
+            while bindings(loads | {n}) > MAX_BINDINGS:
+                best, best_loads = None, 0
+                for x in inlined:
+                    r = self._inlined(x)[0] | ({x} if self.is_mat(x) else set())
+                    if bindings(r | {x}) <= MAX_BINDINGS and len(r) >= 2 and len(r) > best_loads:
+                        best, best_loads = x, len(r)
+                if best is None:
+                    raise TgcError(f"a kernel for {n} needs more than {MAX_BINDINGS} storage bindings")
+                self.mat.add(best)
+                loads, inlined = self._inlined(n)
 
     # ------------------------------------------------------------ expressions
 
     def emit(self, n: Node, idx: tuple[KExpr, ...], root: bool = False) -> KExpr:
-        key = (n, idx, root)
+        key = (n, tuple((i, i.vmin, i.vmax) for i in idx), root)  # bounds too: KExpr equality ignores them
         hit = self._memo.get(key)
         if hit is not None:
             return hit
@@ -333,7 +372,7 @@ class Scheduler:
             kernels.append(k)
             kernel_of[n] = k
         updates = self._place_updates(kernels, kernel_of, upd_name)
-        kernels = fuse_elementwise(hoist_to_fuse(kernels))
+        kernels = fuse_elementwise(hoist_to_fuse(kernels, self.tensors), self.tensors)
         outputs = {name: self.names[node] for name, node in prog.outputs.items()}
         uniforms = {n.arg["name"]: n.dtype for n in self.order if n.op is Op.UNIFORM}
         return Schedule(prog.name, kernels, self.tensors, outputs, updates, uniforms)
@@ -392,63 +431,85 @@ class Scheduler:
         return updates
 
 
-MAX_FUSED_TENSORS = 8  # distinct tensors a fused kernel touches: at most 8 buffers to bind in WebGPU
+MAX_BINDINGS = 8  # storage bindings a kernel may use: WebGPU's default maxStorageBuffersPerShaderStage
+MAX_BINDING_BYTES = 128 << 20  # WebGPU's default maxStorageBufferBindingSize: larger tensors take several
 
 
-def _load_indices(e: KExpr) -> dict[str, set]:
-    """tensor -> the set of index expressions it is loaded at, over the DAG under e."""
-    out: dict[str, set] = {}
-    for x in K.walk([e]):
-        if x.op is Op.LOAD:
-            out.setdefault(x.arg, set()).add(x.srcs[0])
-    return out
+def bindings(tensors) -> int:
+    """Storage bindings a kernel needs for these tensors (Nodes or TensorInfos)."""
+    return sum(-(-max(4 * math.prod(t.shape), 1) // MAX_BINDING_BYTES) for t in tensors)
 
 
 def _substitute_loads(e: KExpr, values: dict[str, KExpr], memo: dict) -> KExpr:
     """Replace LOAD(t, gid) by values[t] (a value computed earlier in the same thread)."""
-    r = memo.get(e)
+    r = memo.get(id(e))
     if r is None:
         if e.op is Op.LOAD and e.arg in values and e.srcs[0].op is Op.GIDX:
             r = values[e.arg]
         else:
             srcs = tuple(_substitute_loads(s, values, memo) for s in e.srcs)
-            r = e if srcs == e.srcs else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
-        memo[e] = r
+            r = e if all(a is b for a, b in zip(srcs, e.srcs)) else KExpr(e.op, e.dtype, srcs, e.arg, e.vmin, e.vmax)
+        memo[id(e)] = r
     return r
 
 
-def hoist_to_fuse(kernels: list[Kernel]) -> list[Kernel]:
+class _Facts:
+    """What fusion asks of a kernel, computed once: the tensors it writes, and for each
+    tensor it loads, whether every load is at the thread's own index (gid)."""
+
+    def __init__(self):
+        self.memo: dict[int, tuple] = {}  # id -> (facts, the kernel: kept alive, so ids stay unique)
+
+    def __call__(self, k: Kernel) -> tuple[set, dict[str, bool]]:
+        hit = self.memo.get(id(k))
+        if hit is not None:
+            return hit[0]
+        loads: dict[str, bool] = {}
+        if k.kind == "matmul":
+            loads = {t: False for t in k.loads()}
+        else:
+            for x in K.walk([e for _, e in k.outputs]):
+                if x.op is Op.LOAD:
+                    loads[x.arg] = loads.get(x.arg, True) and x.srcs[0].op is Op.GIDX
+        hit = (set(k.writes()), loads)
+        self.memo[id(k)] = (hit, k)
+        return hit
+
+
+def hoist_to_fuse(kernels: list[Kernel], tensors: dict, facts: _Facts | None = None) -> list[Kernel]:
     """Move each elementwise kernel up to just after an earlier one it can fuse with, when
     no kernel in between writes what it reads, reads what it writes, or writes the same
     tensor (e.g. the KV cache's v write next to its k write in decode_step)."""
+    facts = facts or _Facts()
     ks = list(kernels)
     for i in range(len(ks)):
         k = ks[i]
         if k.kind != "elementwise":
             continue
-        reads, writes = k.loads(), set(k.writes())
+        writes, reads = facts(k)
         target = None
         for j in range(i - 1, -1, -1):
             m = ks[j]
-            if m.kind == "elementwise" and m.size == k.size and _fusable(m, k):
+            if m.kind == "elementwise" and m.size == k.size and _fusable(m, k, tensors, facts):
                 target = j
-            m_writes = set(m.writes())
-            if reads & m_writes or writes & m.loads() or writes & m_writes:
+            m_writes, m_reads = facts(m)
+            if not m_writes.isdisjoint(reads) or not writes.isdisjoint(m_reads) or not writes.isdisjoint(m_writes):
                 break
         if target is not None and target < i - 1:
             ks.insert(target + 1, ks.pop(i))
     return ks
 
 
-def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
+def fuse_elementwise(kernels: list[Kernel], tensors: dict, facts: _Facts | None = None) -> list[Kernel]:
     """Merge each elementwise kernel into the one before it when both run over the same
     index space and every dependency between them is at the thread's own index: one
     pass over memory instead of two, values passed in registers (e.g. AdamW's m, v and
     parameter updates; LayerNorm's normalised input and output)."""
+    facts = facts or _Facts()
     out: list[Kernel] = []
     for k in kernels:
         prev = out[-1] if out else None
-        if prev is not None and prev.kind == k.kind == "elementwise" and prev.size == k.size and _fusable(prev, k):
+        if prev is not None and prev.kind == k.kind == "elementwise" and prev.size == k.size and _fusable(prev, k, tensors, facts):
             values = {t: e for t, e in prev.outputs}
             memo: dict = {}
             merged = prev.outputs + [(t, _substitute_loads(e, values, memo)) for t, e in k.outputs]
@@ -458,19 +519,17 @@ def fuse_elementwise(kernels: list[Kernel]) -> list[Kernel]:
     return out
 
 
-def _fusable(a: Kernel, b: Kernel) -> bool:
-    a_writes, b_writes = set(a.writes()), set(b.writes())
-    a_loads = {t: idx for _, e in a.outputs for t, idx in _load_indices(e).items()}
-    b_loads = {t: idx for _, e in b.outputs for t, idx in _load_indices(e).items()}
-    gid_only = lambda idx: all(i.op is Op.GIDX for i in idx)
-    if any(t in b_loads and not gid_only(b_loads[t]) for t in a_writes):
+def _fusable(a: Kernel, b: Kernel, tensors: dict, facts: _Facts) -> bool:
+    a_writes, a_loads = facts(a)
+    b_writes, b_loads = facts(b)
+    if any(not b_loads.get(t, True) for t in a_writes):
         return False  # b reads a's result at another thread's index
-    if any(t in a_loads and not gid_only(a_loads[t]) for t in b_writes):
+    if any(not a_loads.get(t, True) for t in b_writes):
         return False  # a reads, at another index, what b overwrites
-    if a_writes & b_writes:
+    if not a_writes.isdisjoint(b_writes):
         return False
     touched = a_writes | b_writes | set(a_loads) | set(b_loads)
-    return len(touched) <= MAX_FUSED_TENSORS
+    return bindings(tensors[t] for t in touched) <= MAX_BINDINGS
 
 
 def _bounded(e: KExpr, lo: int, hi: int) -> KExpr:
@@ -490,12 +549,12 @@ def _rename_tensors(kernels: list[Kernel], renames: dict[str, str]) -> None:
     memo: dict = {}
 
     def ren(e: KExpr) -> KExpr:
-        r = memo.get(e)
+        r = memo.get(id(e))
         if r is None:
             srcs = tuple(ren(s) for s in e.srcs)
             arg = renames.get(e.arg, e.arg) if e.op is Op.LOAD else e.arg
             r = e if srcs == e.srcs and arg == e.arg else KExpr(e.op, e.dtype, srcs, arg, e.vmin, e.vmax)
-            memo[e] = r
+            memo[id(e)] = r
         return r
 
     for k in kernels:

@@ -16,27 +16,19 @@ program (one submit / one wasm call) and reads back the outputs named in `read`
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from tgc import rng
+from tgc.artifact import Place, read_manifest
 from tgc.errors import TgcError
 
 
 def load_manifest(artifact_dir) -> dict:
-    p = Path(artifact_dir) / "manifest.json"
-    if not p.exists():
-        raise TgcError(f"no manifest.json in {artifact_dir}: not a tgc artifact (run tgc compile)")
-    try:
-        m = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise TgcError(f"{p}: corrupt manifest ({e})") from None
-    if m.get("format") != "tgc-artifact":
-        raise TgcError(f"{p}: not a tgc artifact manifest")
-    return m
+    """The validated manifest.json of an artifact, as plain JSON (tgc/artifact.py)."""
+    return read_manifest(artifact_dir).json
 
 
 def tensor_table(manifest: dict) -> dict[str, dict]:
@@ -75,18 +67,24 @@ class Runtime:
 
     def __init__(self, artifact_dir):
         self.dir = Path(artifact_dir)
-        self.manifest = load_manifest(self.dir)
+        self.art = read_manifest(self.dir)  # the typed manifest (tgc/artifact.py)
+        self.manifest = self.art.json  # the same, as plain JSON
         self.tensors = tensor_table(self.manifest)
 
-    def _tensor(self, name: str) -> dict:
-        t = self.tensors.get(name)
+    def _tensor(self, name: str) -> Place:
+        t = self.art.tensors.get(name)
         if t is None:
             raise TgcError(f"artifact has no persistent tensor {name!r}")
         return t
 
     def default_reads(self, program: str) -> list[str]:
-        outs = self.manifest["programs"][program]["outputs"]
+        outs = self.art.programs[program].outputs
         return ["loss"] if program == "train_step" else list(outs)
+
+    def prepare(self, programs=None) -> float:
+        """Get ready to run `programs` (default: all) without delay at the first run; returns
+        the seconds it took (WebGPU builds its pipelines here)."""
+        return 0.0
 
     def init_state(self, seed: int = 0) -> None:
         for name, value in initial_state(self.manifest, seed).items():

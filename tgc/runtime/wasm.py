@@ -47,7 +47,7 @@ class WasmRuntime(Runtime):
         import wasmtime
 
         super().__init__(artifact_dir)
-        w = self.manifest.get("wasm")
+        w = self.art.wasm
         if w is None:
             raise TgcError(f"{self.dir}: artifact was compiled without the wasm target")
         self.wasm = w
@@ -75,7 +75,6 @@ class WasmRuntime(Runtime):
         self.functions = {p: exports[name] for p, name in w["exports"].items()}
         self.base = dict(w["buffers"])
         self.uniform_addr = int(w["uniforms_address"])
-        self.uniform_fields = self.manifest["uniforms"]["fields"]
 
     @property
     def is_memory64(self) -> bool:
@@ -87,28 +86,34 @@ class WasmRuntime(Runtime):
         v = toolchain.memory_view(self.memory, self.store, self.base[buffer] + offset, n, _NP[dtype])
         return v.reshape(shape)
 
-    def tensor_view(self, name: str) -> np.ndarray:
-        t = self._tensor(name)
-        return self.view(t["buffer"], t["offset"], t["shape"], t["dtype"])
+    def tensor_view(self, name: str, program: str | None = None) -> np.ndarray:
+        t = self._tensor(name) if program is None else self.art.place(program, name)
+        return self.view(t.buffer, t.offset, t.shape, t.dtype)
 
     def write(self, name: str, array) -> None:
         t = self._tensor(name)
         a = np.asarray(array)
-        if tuple(a.shape) != tuple(t["shape"]):
-            raise TgcError(f"{name}: expected shape {tuple(t['shape'])}, got {tuple(a.shape)}")
-        self.tensor_view(name)[...] = a.astype(_NP[t["dtype"]], copy=False)
+        if tuple(a.shape) != tuple(t.shape):
+            raise TgcError(f"{name}: expected shape {tuple(t.shape)}, got {tuple(a.shape)}")
+        self.tensor_view(name)[...] = a.astype(_NP[t.dtype], copy=False)
 
     def read(self, name: str) -> np.ndarray:
         return self.tensor_view(name).copy()
 
+    def read_tensor(self, program: str, name: str) -> np.ndarray:
+        """Any tensor of a program as it is now (arena tensors hold the last run's values
+        only until another program reuses the arena)."""
+        return self.tensor_view(name, program).copy()
+
     def set_uniforms(self, values: dict) -> None:
         for name, v in values.items():
-            f = self.uniform_fields.get(name)
+            f = self.art.uniforms.get(name)
             if f is None:
                 continue  # a uniform no program of this artifact uses
-            fmt = "<i" if f["dtype"] == "i32" else "<f"
-            raw = np.frombuffer(struct.pack(fmt, int(v) if f["dtype"] == "i32" else float(v)), np.uint8)
-            toolchain.memory_view(self.memory, self.store, self.uniform_addr + f["offset"], 4, np.uint8)[:] = raw
+            off, dt = f
+            fmt = "<i" if dt == "i32" else "<f"
+            raw = np.frombuffer(struct.pack(fmt, int(v) if dt == "i32" else float(v)), np.uint8)
+            toolchain.memory_view(self.memory, self.store, self.uniform_addr + off, 4, np.uint8)[:] = raw
 
     def call(self, program: str) -> None:
         import wasmtime
@@ -122,12 +127,12 @@ class WasmRuntime(Runtime):
             raise TgcError(f"wasm trap in program {program}: {str(e).splitlines()[0]}") from None
 
     def run(self, program: str, inputs: dict | None = None, uniforms: dict | None = None, read=None) -> dict:
-        prog = self.manifest["programs"].get(program)
+        prog = self.art.programs.get(program)
         if prog is None:
             raise TgcError(f"artifact has no program {program!r}")
         for name, value in (inputs or {}).items():
             self.write(name, value)
-        missing = [u for u in prog["uniforms"] if u not in (uniforms or {})]
+        missing = [u for u in prog.uniforms if u not in (uniforms or {})]
         if missing:
             raise TgcError(f"program {program} needs uniforms {missing}")
         self.set_uniforms(uniforms or {})
@@ -135,6 +140,8 @@ class WasmRuntime(Runtime):
         names = self.default_reads(program) if read is None else read
         outs = {}
         for name in names:
-            o = prog["outputs"][name]
-            outs[name] = self.view(o["buffer"], o["offset"], o["shape"], o["dtype"]).copy()
+            o = prog.outputs.get(name)
+            if o is None:
+                raise TgcError(f"program {program} has no output {name!r}")
+            outs[name] = self.view(o.buffer, o.offset, o.shape, o.dtype).copy()
         return outs

@@ -1,22 +1,25 @@
 """The WebGPU runtime (wgpu-py): executes an artifact's WGSL kernels from its manifest.
 
 At load: one adapter (high-performance) and a device asking for the adapter's higher
-limits, one GPUBuffer per manifest buffer plus the uniform buffer. On a program's
-first run: its shader modules, pipelines (explicit bind group layouts from the
-manifest's bindings, identical sources shared) and bind groups, and the staging
-buffers its outputs are read through. Every run after that allocates nothing on the
-GPU: it writes the inputs and the uniform block, submits one command buffer (every
-launch in one compute pass, then the output copies) and maps back only what was
-asked for (for train_step, the loss). The command buffer holds no values, so the
-next run's is encoded right after each submit, while the GPU works: encoding ~1,500
-launches costs the host 10-20 ms, which would otherwise add to every step.
+limits, one GPUBuffer per manifest buffer plus the uniform buffer. `prepare(programs)`
+creates the pipelines of every distinct kernel those programs launch, once and up
+front, on several threads at a time, and says how long that took; it also builds each
+launch's bind group (kernel parameter i bound to its tensor's buffer, offset and size,
+split into chunks where the kernel says so). Every run after that allocates nothing on
+the GPU: it writes the inputs and the uniform block, submits one command buffer (every
+launch in one compute pass, then the output copies) and maps back only what was asked
+for (for train_step, the loss). The command buffer holds no values, so the next run's
+is encoded right after each submit, while the GPU works.
 
 Not here: browsers (runtime/ in JavaScript reads the same manifest), multiple GPUs.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -60,39 +63,41 @@ class GPU:
         # optional features (profiling asks for timestamp queries) where the adapter has them
         feats = [f for f in features if f in adapter.features]
         self.device = adapter.request_device_sync(required_limits=limits, required_features=feats)
+        self.limits = dict(self.device.limits)
         self.features = set(feats)
         self.queue = self.device.queue
-        self._pipelines: dict[tuple, object] = {}
+        self._layouts: dict[tuple, object] = {}
 
     def buffer(self, size: int, usage=None, label=""):
         u = self.wgpu.BufferUsage
         usage = usage if usage is not None else u.STORAGE | u.COPY_SRC | u.COPY_DST
         return self.device.create_buffer(size=max(16, -(-size // 16) * 16), usage=usage, label=label)
 
-    def pipeline(self, name: str, source: str, bindings, uniform_binding):
-        """(pipeline, bind group layout) for a kernel; a WGSL error names the kernel."""
-        key = (source, tuple(bindings), uniform_binding)
-        hit = self._pipelines.get(key)
-        if hit is not None:
-            return hit
-        wgpu, dev = self.wgpu, self.device
-        entries = [
-            {
-                "binding": i,
-                "visibility": wgpu.ShaderStage.COMPUTE,
-                "buffer": {"type": wgpu.BufferBindingType.storage if a == "read_write" else wgpu.BufferBindingType.read_only_storage},
-            }
-            for i, _, a in bindings
-        ]
-        if uniform_binding is not None:
-            entries.append({"binding": uniform_binding, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": wgpu.BufferBindingType.uniform}})
+    def bind_group_layout(self, storage: int, uniform_binding: int | None):
+        """The layout of `storage` read_write storage bindings (0..storage-1) and an optional
+        uniform binding; one per distinct shape, shared by kernels."""
+        key = (storage, uniform_binding)
+        hit = self._layouts.get(key)
+        if hit is None:
+            wgpu = self.wgpu
+            entries = [{"binding": i, "visibility": wgpu.ShaderStage.COMPUTE, "buffer": {"type": wgpu.BufferBindingType.storage}}
+                       for i in range(storage)]  # fmt: skip
+            if uniform_binding is not None:
+                entries.append({"binding": uniform_binding, "visibility": wgpu.ShaderStage.COMPUTE,
+                                "buffer": {"type": wgpu.BufferBindingType.uniform}})
+            bgl = self.device.create_bind_group_layout(entries=entries)
+            hit = self._layouts[key] = (bgl, self.device.create_pipeline_layout(bind_group_layouts=[bgl]))
+        return hit
+
+    def pipeline(self, name: str, source: str, storage: int, uniform_binding: int | None):
+        """A compute pipeline for one kernel; a WGSL error names the kernel."""
+        bgl, layout = self.bind_group_layout(storage, uniform_binding)
+        dev = self.device
         try:
             module = dev.create_shader_module(code=source, label=name)
             msgs = [m for m in (module.get_compilation_info_sync() or []) if getattr(m, "type", "error") == "error"]
             if msgs:
                 raise TgcError(f"WGSL error in kernel {name}: {msgs[0].message}")
-            bgl = dev.create_bind_group_layout(entries=entries, label=name)
-            layout = dev.create_pipeline_layout(bind_group_layouts=[bgl])
             pipe = dev.create_compute_pipeline(layout=layout, compute={"module": module, "entry_point": "main"}, label=name)
         except TgcError:
             raise
@@ -100,14 +105,7 @@ class GPU:
             msg = str(e).strip()
             detail = next((ln.strip() for ln in msg.splitlines() if "error" in ln.lower() and "Validation Error" not in ln), msg[:300])
             raise TgcError(f"WGSL error in kernel {name}: {detail}\n{msg}") from None
-        self._pipelines[key] = (pipe, bgl)
         return pipe, bgl
-
-    def bind_group(self, bgl, bindings, buffers: dict, uniform_binding, uniform_buffer):
-        entries = [{"binding": i, "resource": {"buffer": buffers[b], "offset": 0, "size": buffers[b].size}} for i, b, _ in bindings]
-        if uniform_binding is not None:
-            entries.append({"binding": uniform_binding, "resource": {"buffer": uniform_buffer, "offset": 0, "size": uniform_buffer.size}})
-        return self.device.create_bind_group(layout=bgl, entries=entries)
 
 
 class WebGPURuntime(Runtime):
@@ -115,18 +113,25 @@ class WebGPURuntime(Runtime):
 
     def __init__(self, artifact_dir, adapter=None, gpu: GPU | None = None):
         super().__init__(artifact_dir)
+        a = self.art
+        if a.wgsl is None:
+            raise TgcError(f"{self.dir}: artifact was compiled without the wgsl target")
         self.gpu = gpu or GPU(adapter)
-        m = self.manifest
-        self.buffers = {b["name"]: self.gpu.buffer(b["size"], label=b["name"]) for b in m["buffers"]}
-        self.ublock = bytearray(m["uniforms"]["size"])
-        self.ufields = m["uniforms"]["fields"]
+        biggest = max(a.buffers.values(), default=0)
+        if biggest > self.gpu.limits.get("max-buffer-size", 1 << 62):
+            raise TgcError(f"the artifact needs a {biggest / 2**20:.0f} MiB buffer; this WebGPU adapter allows "
+                           f"{self.gpu.limits['max-buffer-size'] / 2**20:.0f} MiB (try --backend wasm)")  # fmt: skip
+        self.buffers = {n: self.gpu.buffer(size, label=n) for n, size in a.buffers.items()}
+        self.ublock = bytearray(a.uniform_block_size)
         self.ubuffer = self.gpu.buffer(len(self.ublock), self.gpu.wgpu.BufferUsage.UNIFORM | self.gpu.wgpu.BufferUsage.COPY_DST, "uniforms")
+        self._pipelines: dict[str, tuple] = {}
         self._programs: dict[str, list] = {}
         self._staging: dict[tuple, object] = {}
         # the command buffer for the next run of (program, reads), encoded while the GPU
         # executes the current one: it holds no values (inputs and uniforms are written
         # through the queue before each submit), so it is valid for any later run
         self._next: dict[tuple, object] = {}
+        self.pipeline_seconds = 0.0
 
     @property
     def adapter_info(self) -> dict:
@@ -134,46 +139,85 @@ class WebGPURuntime(Runtime):
 
     # ---------------------------------------------------------------- load
 
+    def prepare(self, programs=None, threads: int | None = None) -> float:
+        """Create the pipeline of every distinct kernel the programs launch (all programs by
+        default) and their bind groups, before the first run; returns the seconds it took."""
+        t0 = time.perf_counter()
+        names = list(programs or self.art.programs)
+        for p in names:
+            if p not in self.art.programs:
+                raise TgcError(f"artifact has no program {p!r}")
+        todo = []
+        for p in names:
+            for k, _ in self.art.programs[p].launches:
+                if k not in self._pipelines and k not in todo:
+                    todo.append(k)
+
+        def make(name):
+            ki = self.art.kernels[name]
+            w = ki.wgsl
+            src = (self.dir / w["file"]).read_text()
+            return name, self.gpu.pipeline(name, src, sum(w["chunks"]), w["uniform_binding"])
+
+        # pipeline creation compiles each shader in the driver: spread it over threads
+        # (wgpu-native is thread-safe and releases the GIL in these calls)
+        n = threads or min(16, os.cpu_count() or 1)
+        if n > 1 and len(todo) > 1:
+            with ThreadPoolExecutor(n) as ex:
+                self._pipelines.update(ex.map(make, todo))
+        else:
+            self._pipelines.update(make(k) for k in todo)
+        for p in names:
+            self._load_program(p)
+        dt = time.perf_counter() - t0
+        self.pipeline_seconds += dt
+        return dt
+
+    def _bind_group(self, kernel: str, pipe_bgl, tensors, program: str):
+        ki = self.art.kernels[kernel]
+        w = ki.wgsl
+        entries, b = [], 0
+        for t, chunks in zip(tensors, w["chunks"]):
+            pl = self.art.place(program, t)
+            buf, size = self.buffers[pl.buffer], pl.nbytes
+            step = self.art.wgsl["max_binding_bytes"]
+            for c in range(chunks):
+                part = min(step, size - c * step) if chunks > 1 else size
+                entries.append({"binding": b, "resource": {"buffer": buf, "offset": pl.offset + c * step, "size": max(part, 4)}})
+                b += 1
+        if w["uniform_binding"] is not None:
+            entries.append({"binding": w["uniform_binding"], "resource": {"buffer": self.ubuffer, "offset": 0, "size": self.ubuffer.size}})
+        return self.gpu.device.create_bind_group(layout=pipe_bgl[1], entries=entries)
+
     def _load_program(self, program: str) -> list:
         plan = self._programs.get(program)
         if plan is not None:
             return plan
-        if program not in self.manifest["programs"]:
+        if program not in self.art.programs:
             raise TgcError(f"artifact has no program {program!r}")
+        missing = [k for k, _ in self.art.programs[program].launches if k not in self._pipelines]
+        if missing:
+            self.prepare([program])
+            return self._programs[program]
         plan = []
-        for launch in self.manifest["programs"][program]["launches"]:
-            w = launch.get("webgpu")
-            if w is None:
-                raise TgcError(f"artifact was compiled without the wgsl target (launch {launch['kernel']})")
-            src = (self.dir / w["wgsl"]).read_text()
-            binds = [(b["binding"], b["buffer"], b["access"]) for b in w["bindings"]]
-            pipe, bgl = self.gpu.pipeline(launch["kernel"], src, binds, w["uniform_binding"])
-            bg = self.gpu.bind_group(bgl, binds, self.buffers, w["uniform_binding"], self.ubuffer)
-            plan.append((pipe, bg, tuple(w["dispatch"])))
+        for kernel, tensors in self.art.programs[program].launches:
+            pipe = self._pipelines[kernel]
+            plan.append((pipe[0], self._bind_group(kernel, pipe, tensors, program), tuple(self.art.kernels[kernel].wgsl["dispatch"])))
         self._programs[program] = plan
         return plan
 
     def load_all(self) -> None:
-        for p in self.manifest["programs"]:
-            self._load_program(p)
+        self.prepare()
 
     # ---------------------------------------------------------------- tensors
 
-    def _place(self, program: str | None, name: str) -> dict:
-        if program is not None:
-            places = self.manifest["programs"][program].get("places", {})
-            if name in places:
-                return places[name]
-        t = self._tensor(name)
-        return t
-
-    def _write_place(self, place: dict, array) -> None:
-        dt = np.int32 if place["dtype"] == "i32" else np.float32
+    def _write_place(self, place, array) -> None:
+        dt = np.int32 if place.dtype == "i32" else np.float32
         a = np.ascontiguousarray(np.asarray(array, dtype=dt))
-        n = int(np.prod(place["shape"]))
+        n = int(np.prod(place.shape))
         if a.size != n:
-            raise TgcError(f"{place.get('name', place.get('tensor'))}: expected {n} elements {place['shape']}, got shape {a.shape}")
-        self.gpu.queue.write_buffer(self.buffers[place["buffer"]], place["offset"], a.tobytes())
+            raise TgcError(f"{place.name}: expected {n} elements {list(place.shape)}, got shape {a.shape}")
+        self.gpu.queue.write_buffer(self.buffers[place.buffer], place.offset, a.tobytes())
 
     def write(self, name: str, array) -> None:
         self._write_place(self._tensor(name), array)
@@ -185,15 +229,14 @@ class WebGPURuntime(Runtime):
             s = self._staging[key] = self.gpu.buffer(size, u.MAP_READ | u.COPY_DST, f"staging {key}")
         return s
 
-    def _readback(self, places: list[tuple[tuple, dict]], encoder=None) -> dict:
+    def _readback(self, places: list[tuple[tuple, object]], encoder=None) -> dict:
         """Copy each place into its staging buffer at the end of `encoder`, submit once, map."""
         encoder = encoder or self.gpu.device.create_command_encoder()
         jobs = []
         for key, p in places:
-            size = 4 * int(np.prod(p["shape"]))
-            st = self._staging_for(key, size)
-            encoder.copy_buffer_to_buffer(self.buffers[p["buffer"]], p["offset"], st, 0, size)
-            jobs.append((key, p, st, size))
+            st = self._staging_for(key, p.nbytes)
+            encoder.copy_buffer_to_buffer(self.buffers[p.buffer], p.offset, st, 0, p.nbytes)
+            jobs.append((key, p, st, p.nbytes))
         self.gpu.queue.submit([encoder.finish()])
         return self._map_outputs(jobs)
 
@@ -204,8 +247,8 @@ class WebGPURuntime(Runtime):
             st.map_sync(self.gpu.wgpu.MapMode.READ, 0, st.size)
             data = st.read_mapped(0, size, copy=True)
             st.unmap()
-            dt = np.int32 if p["dtype"] == "i32" else np.float32
-            out[key[-1]] = np.frombuffer(data, dtype=dt).reshape(p["shape"]).copy()
+            dt = np.int32 if p.dtype == "i32" else np.float32
+            out[key[-1]] = np.frombuffer(data, dtype=dt).reshape(p.shape).copy()
         return out
 
     def read(self, name: str) -> np.ndarray:
@@ -214,16 +257,17 @@ class WebGPURuntime(Runtime):
     def read_tensor(self, program: str, name: str) -> np.ndarray:
         """Any tensor of a program as it is now (arena tensors hold the last run's values
         only until another program reuses the arena)."""
-        return self._readback([((program, "tensor", name), self._place(program, name))])[name]
+        return self._readback([((program, "tensor", name), self.art.place(program, name))])[name]
 
     # ---------------------------------------------------------------- run
 
     def set_uniforms(self, uniforms: dict) -> None:
         for n, v in (uniforms or {}).items():
-            f = self.ufields.get(n)
+            f = self.art.uniforms.get(n)
             if f is None:
                 raise TgcError(f"artifact has no uniform {n!r}")
-            struct.pack_into("<i" if f["dtype"] == "i32" else "<f", self.ublock, f["offset"], int(v) if f["dtype"] == "i32" else float(v))
+            off, dt = f
+            struct.pack_into("<i" if dt == "i32" else "<f", self.ublock, off, int(v) if dt == "i32" else float(v))
 
     def _encode(self, plan, jobs):
         """One command encoder: every launch in one compute pass, then the output copies."""
@@ -235,15 +279,15 @@ class WebGPURuntime(Runtime):
             cp.dispatch_workgroups(x, y, z)
         cp.end()
         for _key, p, st, size in jobs:
-            enc.copy_buffer_to_buffer(self.buffers[p["buffer"]], p["offset"], st, 0, size)
+            enc.copy_buffer_to_buffer(self.buffers[p.buffer], p.offset, st, 0, size)
         return enc.finish()
 
     def run(self, program: str, inputs: dict | None = None, uniforms: dict | None = None, read=None) -> dict:
         plan = self._load_program(program)
-        prog = self.manifest["programs"][program]
+        prog = self.art.programs[program]
         reads = self.default_reads(program) if read is None else list(read)
         for r in reads:
-            if r not in prog["outputs"]:
+            if r not in prog.outputs:
                 raise TgcError(f"program {program} has no output {r!r}")
         for name, value in (inputs or {}).items():
             self.write(name, value)
@@ -251,9 +295,8 @@ class WebGPURuntime(Runtime):
         self.gpu.queue.write_buffer(self.ubuffer, 0, bytes(self.ublock))
         jobs = []
         for r in reads:
-            p = prog["outputs"][r]
-            size = 4 * int(np.prod(p["shape"]))
-            jobs.append(((program, "out", r), p, self._staging_for((program, "out", r), size), size))
+            p = prog.outputs[r]
+            jobs.append(((program, "out", r), p, self._staging_for((program, "out", r), p.nbytes), p.nbytes))
         key = (program, tuple(reads))
         cb = self._next.pop(key, None) or self._encode(plan, jobs)
         # one submit per run: the launches and the output copies
@@ -265,4 +308,7 @@ class WebGPURuntime(Runtime):
 
     def sync(self) -> None:
         """Wait for the queue (benchmarks): a no-op submit then a tiny readback."""
-        self._readback([(("sync",), {"buffer": next(iter(self.buffers)), "offset": 0, "shape": [1], "dtype": "f32"})])
+        from tgc.artifact import Place
+
+        first = next(iter(self.buffers))
+        self._readback([(("sync",), Place("sync", (1,), "f32", first, 0))])
