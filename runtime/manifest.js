@@ -6,7 +6,7 @@
 import { Validator } from "./vendor/json-schema/index.js";
 
 export const FORMAT = "tgc-artifact";
-export const VERSIONS = [1, 2]; // TODO(v2): only 2 once the v2 compiler lands
+export const VERSIONS = [2];
 export const SCHEMA_URL = new URL("./artifact.schema.json", import.meta.url);
 
 let schemaPromise = null;
@@ -45,7 +45,7 @@ export async function loadManifest(artifactUrl, { validate = true, schemaUrl } =
   try { m = await r.json(); } catch (e) { throw new Error(`${url}: corrupt manifest (${e.message})`); }
   if (!m || m.format !== FORMAT) throw new Error(`${url}: not a tgc artifact manifest`);
   if (!VERSIONS.includes(m.version)) throw new Error(`${url}: artifact format version ${m.version}; this runtime reads version ${VERSIONS.join(", ")} (recompile with this tgc, or bundle again)`);
-  if (validate && m.version >= 2) { // version 1 had no schema
+  if (validate) {
     const errs = await validateManifest(m, schemaUrl);
     if (errs.length) throw new Error(`${url}: does not match the artifact schema: ${errs.slice(0, 3).join("; ")}${errs.length > 3 ? ` (and ${errs.length - 3} more)` : ""}`);
   }

@@ -172,14 +172,9 @@ def reference(tmp_path_factory):
     return out
 
 
-def _backends(site):
-    m = json.loads((site.path / "artifact" / "manifest.json").read_text())
-    return ["wasm", "webgpu"] if m.get("version", 1) >= 2 else ["wasm"]
-
-
 def _need_backend(site, backend):
-    if backend not in _backends(site):
-        pytest.skip("the WebGPU executor reads artifact format version 2; this artifact is older")
+    m = json.loads((site.path / "artifact" / "manifest.json").read_text())
+    assert m["version"] == 2 and (backend != "webgpu" or m.get("kernels")), "the bundle's artifact is not format 2"
 
 
 # ---------------------------------------------------------------- host RNG, init, batches, sampling
@@ -345,24 +340,35 @@ def test_browser_refuses_a_32bit_or_foreign_module(tiny, tmp_path):
     assert "differs from the manifest" in err or "64-bit memory" in err, err
 
 
+@pytest.mark.xfail(strict=True, reason="tgc/codegen/wgsl.py spells -inf as the constant bitcast<f32>(0xff800000u), "
+                   "a shader-creation error in Chrome (WGSL: constant expressions must be finite); runtime/webgpu.js "
+                   "rewrites it (tintSafe). When the compiler stops emitting it, this passes: remove tintSafe and this mark.")
+def test_compiled_wgsl_is_valid_in_chrome_as_written(tiny):
+    """Every kernel of the artifact, unmodified, through Chrome's WGSL compiler (shader
+    modules only: cheap, unlike SwiftShader's pipeline compiles)."""
+    errs = tiny.run("""
+      const a = await navigator.gpu.requestAdapter(); const dev = await a.requestDevice();
+      const m = await (await fetch("/artifact/manifest.json")).json();
+      const errs = [];
+      for (const [name, k] of Object.entries(m.kernels)) {
+        const mod = dev.createShaderModule({code: await (await fetch("/artifact/" + k.wgsl.file)).text()});
+        const e = (await mod.getCompilationInfo()).messages.filter((x) => x.type === "error");
+        if (e.length) errs.push(`${name}: ${e[0].lineNum}:${e[0].linePos}: ${e[0].message}`);
+      }
+      dev.destroy();
+      return errs;""")
+    assert not errs, f"{len(errs)} kernels refused, e.g. {errs[0]}"
+
+
 def _graph_artifact(out: Path, outputs: dict, heap_base: int) -> dict:
-    """A one-program ("run") artifact of `outputs` whose tensors start at `heap_base`, as
-    the wasm tests build them; returns its manifest."""
+    """A one-program ("run") wasm artifact of `outputs` whose tensors start at `heap_base`,
+    built as the wasm tests build theirs (tests/harness.py); returns its manifest."""
     sys.path.insert(0, str(Path(__file__).parent))
     try:
-        from harness import compile_graph  # format version 2
-
-        compile_graph(out, outputs, target="wasm", heap_base=heap_base)
-    except ImportError:
-        from tgc.codegen.llvm import build_kernels
-        from tgc.ir.passes import run_passes
-        from tgc.ir.program import Program
-        from tgc.ir.schedule import schedule
-
-        s = schedule(Program("run", outputs).map_graph(run_passes))
-        build_kernels(s.kernels, {n: (t.shape, t.dtype) for n, t in s.tensors.items()}, out, base=heap_base)
+        from harness import compile_graph
     finally:
         sys.path.pop(0)
+    compile_graph(out, outputs, target="wasm", heap_base=heap_base)
     return json.loads((out / "manifest.json").read_text())
 
 
