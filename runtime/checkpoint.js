@@ -27,7 +27,7 @@ export function hfConfig(cfg, tgc) {
     layer_norm_epsilon: cfg.eps ?? 1e-5, tie_word_embeddings: true, scale_attn_weights: true,
     scale_attn_by_inverse_layer_idx: false, reorder_and_upcast_attn: false, add_cross_attention: false,
     resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0, initializer_range: 0.02,
-    bos_token_id: null, eos_token_id: null, pad_token_id: null, use_cache: true, dtype: "float32", tgc,
+    bos_token_id: null, eos_token_id: cfg.eos_token_id ?? null, pad_token_id: null, use_cache: true, dtype: "float32", tgc,
   };
 }
 

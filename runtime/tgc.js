@@ -122,6 +122,7 @@ export class Model {
     this.history = [];
     this.valHistory = [];
     this.data = null;
+    this.eosTokenId = null;
     this._lock = Promise.resolve();
     this.paramNames = manifest.tensors.filter((t) => t.role === "parameter").map((t) => t.name);
     this.momentNames = manifest.tensors.filter((t) => t.role === "optimizer_state").map((t) => t.name);
@@ -289,6 +290,7 @@ export class Model {
       if (i === 0) stats.firstTokenMs = now - t0;
       stats.totalMs = now - t0;
       stats.tokensPerS = stats.newTokens / Math.max(stats.totalMs / 1000, 1e-9);
+      if (nxt === this.eosTokenId) break; // end of text (config.json's eos_token_id): counted, not printed
       const piece = dec.push(nxt);
       if (piece) yield piece;
       if (i + 1 === o.maxNewTokens) break;
@@ -345,7 +347,8 @@ export class Model {
         history: this.history, val_history: this.valHistory,
       };
       const p = packCheckpoint({
-        folder: folder || `tgc-${s.preset || "model"}-step${this.step}`, params, optimizer, config: this.config, tgc,
+        folder: folder || `tgc-${s.preset || "model"}-step${this.step}`, params, optimizer,
+        config: { ...this.config, eos_token_id: this.eosTokenId }, tgc,
         tokenizerJSON: this.tokenizer.toJSON(), tokenizerKind: this.tokenizer.kind, source: this.source, state,
       });
       p.blob = () => new Blob([p.bytes], { type: "application/zip" });
@@ -382,6 +385,7 @@ export class Model {
         else if (t.role === "kv_cache") await this.executor.write(t.name, new Float32Array(numel(t.shape)));
       }
       const retokenize = tok !== this.tokenizer;
+      this.eosTokenId = Number.isInteger(ck.hf.eos_token_id) ? ck.hf.eos_token_id : null;
       this.tokenizer = tok;
       const st = ck.state;
       this.step = st ? st.step : 0;

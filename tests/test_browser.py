@@ -23,7 +23,6 @@ import base64
 import hashlib
 import io
 import json
-import math
 import random
 import shutil
 import subprocess
@@ -45,8 +44,8 @@ ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
     "--disable-default-apps", "--mute-audio",
 ]
-LOSS_1 = dict(rtol=1e-5, atol=1e-6)   # docs/parity.md: a loss after one step
-LOSS_N = dict(rtol=5e-3)              # docs/parity.md: a loss after N steps
+LOSS_1 = {"rtol": 1e-5, "atol": 1e-6}   # docs/parity.md: a loss after one step
+LOSS_N = {"rtol": 5e-3}              # docs/parity.md: a loss after N steps
 STEPS = 20
 
 # JS helpers every evaluate() gets: typed arrays cross as base64 of their bytes
@@ -272,27 +271,33 @@ def _train_in_browser(site, backend, steps=STEPS, seed=0):
       return {losses, val, ms, info: m.info};""", {"backend": backend, "steps": steps, "seed": seed}, page=site.model_page(backend))
 
 
-@pytest.mark.parametrize("preset,backend", [("tiny", "wasm"), ("tiny", "webgpu"), ("small", "wasm"),
-                                            pytest.param("small", "webgpu", marks=pytest.mark.slow)])
-def test_training_parity(request, reference, preset, backend):
+# small on WebGPU/SwiftShader costs ~21 s a step: 2 steps in CI, all 20 with --runslow
+@pytest.mark.parametrize("preset,backend,steps", [
+    ("tiny", "wasm", STEPS), ("tiny", "webgpu", STEPS), ("small", "wasm", STEPS), ("small", "webgpu", 2),
+    pytest.param("small", "webgpu", STEPS, marks=pytest.mark.slow)])
+def test_training_parity(request, reference, preset, backend, steps):
     site = request.getfixturevalue(preset)
     _need_backend(site, backend)
-    r = _train_in_browser(site, backend)
-    want = reference[preset]["losses"]
+    r = _train_in_browser(site, backend, steps=steps)
+    want = reference[preset]["losses"][:steps]
     got = r["losses"]
-    assert len(got) == STEPS and r["info"]["backend"] == backend
-    print(f"{preset} {backend}: {r['ms'] / STEPS:.1f} ms/step in the browser")
+    assert len(got) == steps and r["info"]["backend"] == backend
+    print(f"{preset} {backend}: {r['ms'] / steps:.1f} ms/step in the browser")
     if backend == "wasm":
         # the same module on a deterministic ISA: bit-identical to wasmtime
         assert got == want, f"first difference at step {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b) + 1}"
-        assert r["val"] == pytest.approx(reference[preset]["val"], rel=1e-12)
+        if steps == STEPS:
+            # the mean of 8 identical f32 losses, summed in float64 in another order than numpy's
+            assert r["val"] == pytest.approx(reference[preset]["val"], rel=1e-14)
         return
     row = compare("loss after step 1", got[0], want[0], **LOSS_1)
     assert row.ok, row.format()
-    for i in range(STEPS):
+    for i in range(steps):
         row = compare(f"loss after step {i + 1}", got[i], want[i], **LOSS_N)
         assert row.ok, row.format()
-    assert compare("val loss", r["val"], reference[preset]["val"], **LOSS_N).ok
+    if steps == STEPS:
+        row = compare("val loss", r["val"], reference[preset]["val"], **LOSS_N)
+        assert row.ok, row.format()
 
 
 def test_parity_can_fail(tiny, reference):
@@ -305,8 +310,8 @@ def test_parity_can_fail(tiny, reference):
 # ---------------------------------------------------------------- one artifact, 64-bit memory
 
 def test_browser_runs_the_compiled_module(tiny, tmp_path):
-    from tgc.artifacts import compiled_artifact
     from tgc import presets
+    from tgc.artifacts import compiled_artifact
 
     p = presets.get_preset("tiny")
     art = compiled_artifact(presets.default_model_path().read_text(), "tiny", {**presets.model_config(p), "batch": p["batch"]})
@@ -536,16 +541,17 @@ def test_checkpoint_exported_in_browser_loads_in_tgc_and_transformers(tiny, tmp_
       await m.evaluate({batches: 2});
       const ck = await m.exportCheckpoint();
       const g = m.generate("ROMEO:", {maxNewTokens: arg.n, temperature: 0});
-      for await (const _ of g) {}
+      let text = "";
+      for await (const piece of g) text += piece;
       const next = (await m.train(1))[0].loss;
-      return {zip: b64(ck.bytes), name: ck.name, ids: g.stats.tokenIds, next};""", {"backend": backend, "steps": steps, "n": n},
+      return {zip: b64(ck.bytes), name: ck.name, ids: g.stats.tokenIds, text, next};""", {"backend": backend, "steps": steps, "n": n},
                  page=tiny.model_page(backend))
     d = _unzip(r["zip"], tmp_path)
     ck = load_checkpoint(d, resume=True)  # every check tgc makes on a checkpoint
     assert ck.step == steps and ck.tgc["preset"] == "tiny" and ck.state["total_steps"] == 12
     assert len(ck.state["val_history"]) == 1 and ck.state["val_history"][0][0] == steps
     g = generate(d, "ROMEO:", max_new_tokens=n, temperature=0, backend="wasm")
-    g.text
+    assert g.text == r["text"]
     assert g.stats.token_ids == r["ids"]
     # transformers: greedy tokens within the context window (32 for tiny) are the same
     import torch
@@ -559,7 +565,7 @@ def test_checkpoint_exported_in_browser_loads_in_tgc_and_transformers(tiny, tmp_
     assert out[0, len(ids):].tolist() == r["ids"][:32 - len(ids)]
     # and `tgc train --resume` continues it: its next step is the browser's next step
     res = train(None, None, steps=12, out=d, backend="wasm", resume=True, stop_at=steps + 1, progress=False, log=None)
-    tol = LOSS_1 if backend == "webgpu" else dict(rtol=0, atol=0)
+    tol = LOSS_1 if backend == "webgpu" else {"rtol": 0, "atol": 0}
     row = compare("the step after resuming", res.history[-1][1], r["next"], **tol)
     assert res.history[-1][0] == steps + 1 and row.ok, row.format()
 
@@ -636,7 +642,7 @@ def test_tokenizer_parity(tiny):
     from tgc.tokenizer import bpe_tokenizer, byte_tokenizer
 
     _, text = load_text("shakespeare")
-    tr, va = split_text(text)
+    tr, _ = split_text(text)
     toks = {"byte": byte_tokenizer(), "bpe": bpe_tokenizer(tr[:400_000], 1024)}
     strings = _random_strings(1000)
     corpora = json.loads((tiny.path / "site.json").read_text())["corpora"]
@@ -707,7 +713,7 @@ def test_serve_headers_and_errors(tiny, tmp_path):
         p.terminate()
         p.wait(10)
     for bad in (tmp_path / "missing", tiny.path / "site.json", tmp_path):
-        r = subprocess.run([sys.executable, "-m", "tgc", "serve", str(bad)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-m", "tgc", "serve", str(bad)], capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
 
 
@@ -718,6 +724,6 @@ def test_bundle_errors_are_one_line(tmp_path):
                  ["bundle", "--preset", "nope", "-o", str(tmp_path / "s")],
                  ["bundle", "--corpus", str(tmp_path / "missing.txt"), "-o", str(tmp_path / "s")],
                  ["bundle", "-o", str(tmp_path / "occupied")]):
-        r = subprocess.run([sys.executable, "-m", "tgc", *args], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "tgc", *args], capture_output=True, text=True, timeout=120, check=False)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
     assert (tmp_path / "occupied" / "x").read_text() == "mine"

@@ -104,7 +104,7 @@ def _copy_artifact(src: Path, dst: Path) -> str:
 
 def _corpus_file(name: str, used: set) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "corpus"
-    stem = stem[:-4] if stem.endswith(".txt") else stem
+    stem = stem.removesuffix(".txt")
     out, i = f"{stem}.txt", 1
     while out in used:
         i += 1
@@ -161,6 +161,6 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"bundled {site['preset']} ({'checkpoint step %d' % ck.step if ck else 'fresh weights'}) -> {out}; "
+    log(f"bundled {site['preset']} ({f'checkpoint step {ck.step}' if ck else 'fresh weights'}) -> {out}; "
         f"serve it with: tgc serve {out}")
     return out

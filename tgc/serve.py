@@ -15,6 +15,7 @@ import http.server
 import sys
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 from tgc.errors import TgcError
 
@@ -33,7 +34,7 @@ HEADERS = {
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
+    extensions_map: ClassVar[dict] = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
     quiet = True
 
     def end_headers(self):
