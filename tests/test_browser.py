@@ -294,7 +294,7 @@ def test_training_parity(request, reference, preset, backend, steps):
     assert row.ok, row.format()
     for i in range(steps):
         row = compare(f"loss after step {i + 1}", got[i], want[i], **LOSS_N)
-        assert row.ok, row.format()
+        assert row.ok, f"{row.format()}\nbrowser {got}\npython  {want}"
     if steps == STEPS:
         row = compare("val loss", r["val"], reference[preset]["val"], **LOSS_N)
         assert row.ok, row.format()
@@ -317,6 +317,10 @@ def test_browser_runs_the_compiled_module(tiny, tmp_path):
     art = compiled_artifact(presets.default_model_path().read_text(), "tiny", {**presets.model_config(p), "batch": p["batch"]})
     sha = hashlib.sha256((art / "model.wasm").read_bytes()).hexdigest()
     manifest = json.loads((art / "manifest.json").read_text())
+    # and what `tgc compile` writes, as a user runs it, is that very module
+    subprocess.run([sys.executable, "-m", "tgc", "compile", str(presets.default_model_path()), "--preset", "tiny",
+                    "-o", str(tmp_path / "compiled")], check=True, capture_output=True)
+    assert hashlib.sha256((tmp_path / "compiled" / "model.wasm").read_bytes()).hexdigest() == sha
     info = tiny.run("""const m = await tgc.openArtifact("/artifact/", {backend: "wasm"}); const i = m.info; await m.close(); return i;""")
     assert info["sha256"] == sha, "the browser ran another model.wasm than tgc compiled"
     if "sha256" in manifest["wasm"]:
