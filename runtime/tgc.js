@@ -152,6 +152,7 @@ export class Model {
         else if (t.role === "optimizer_state" || t.role === "kv_cache") await this.executor.write(t.name, new Float32Array(n));
       }
       this.settings.seed = seed;
+      this.resumeDigest = null;
       this.step = 0;
       this.history = [];
       this.valHistory = [];
@@ -162,7 +163,11 @@ export class Model {
   async setCorpus(name, text) {
     this.data = await Dataset.fromText(name, text, this.tokenizer, this.config.ctx);
     this.settings.corpus = name;
-    return { name, train: this.data.train.length, val: this.data.val.length, digest: this.data.digest };
+    const out = { name, train: this.data.train.length, val: this.data.val.length, digest: this.data.digest };
+    if (this.resumeDigest && this.resumeDigest !== this.data.digest) {
+      out.note = `corpus ${name} differs from the one the checkpoint was trained on: batches will differ`;
+    }
+    return out;
   }
 
   /** Schedule settings (as `tgc train`): seed, lr (peak), totalSteps (the schedule's
@@ -394,6 +399,7 @@ export class Model {
       const s = this.settings;
       s.tokenizer = tok.kind;
       if (st) Object.assign(s, { seed: st.seed ?? s.seed, lr: st.lr ?? s.lr, warmup: st.warmup ?? null, totalSteps: st.total_steps ?? null, corpus: st.corpus ?? s.corpus });
+      this.resumeDigest = st ? st.corpus_digest || null : null;
       if (retokenize && this.data) this.data = null; // batches must come from the new tokenizer: setCorpus again
       return { step: this.step, resumable: !!st, corpus: st ? st.corpus : null, tokenizer: tok.kind, checkpointId: ck.tgc.checkpoint_id || null };
     });

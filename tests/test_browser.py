@@ -263,12 +263,13 @@ def _train_in_browser(site, backend, steps=STEPS, seed=0):
       const m = window.M;
       await m.init(arg.seed);
       await m.setCorpus("shakespeare", await (await fetch("/corpora/shakespeare.txt")).text());
-      m.configure({totalSteps: arg.steps});
+      m.configure({totalSteps: arg.total});  // the reference run's schedule, however many steps are taken
       const t0 = performance.now();
       const losses = (await m.train(arg.steps)).map((r) => r.loss);
       const ms = performance.now() - t0;
       const val = await m.evaluate();
-      return {losses, val, ms, info: m.info};""", {"backend": backend, "steps": steps, "seed": seed}, page=site.model_page(backend))
+      return {losses, val, ms, info: m.info};""", {"backend": backend, "steps": steps, "total": STEPS, "seed": seed},
+                    page=site.model_page(backend))
 
 
 # small on WebGPU/SwiftShader costs ~21 s a step: 2 steps in CI, all 20 with --runslow
