@@ -301,6 +301,43 @@ def test_training_parity(request, reference, preset, backend, steps):
         assert row.ok, row.format()
 
 
+def test_webgpu_step_allocates_nothing_submits_once_reads_the_loss(tiny):
+    """After the first step, a WebGPU training step creates no buffer or bind group, submits
+    one command buffer and maps one buffer (the loss), counted on the device itself."""
+    _need_backend(tiny, "webgpu")
+    r = tiny.run("""
+      const m = window.M, ex = m.executor, dev = ex.device;
+      await m.init(0);
+      if (!m.data) await m.setCorpus("shakespeare", await (await fetch("/corpora/shakespeare.txt")).text());
+      m.configure({totalSteps: 20});
+      await m.train(1);
+      const count = {createBuffer: 0, createBindGroup: 0, submit: 0, mapAsync: 0};
+      const wrap = (obj, name) => { const f = obj[name]; obj[name] = function (...a) { count[name]++; return f.apply(this, a); }; return () => { obj[name] = f; }; };
+      const undo = [wrap(dev, "createBuffer"), wrap(dev, "createBindGroup"), wrap(dev.queue, "submit"), wrap(GPUBuffer.prototype, "mapAsync")];
+      try { await m.train(3); } finally { undo.forEach((u) => u()); }
+      return count;""", page=tiny.model_page("webgpu"))
+    assert r == {"createBuffer": 0, "createBindGroup": 0, "submit": 3, "mapAsync": 3}, r
+
+
+def test_wasm_runs_off_the_main_thread(small):
+    """The page's event loop keeps turning while the wasm executor trains (a worker does the
+    work): no gap between 5 ms timer ticks is longer than a fraction of a step."""
+    r = small.run("""
+      const m = window.M;
+      await m.init(0);
+      if (!m.data) await m.setCorpus("shakespeare", await (await fetch("/corpora/shakespeare.txt")).text());
+      m.configure({totalSteps: 20});
+      let last = performance.now(), maxGap = 0, ticks = 0;
+      const id = setInterval(() => { const t = performance.now(); maxGap = Math.max(maxGap, t - last); last = t; ticks++; }, 5);
+      const t0 = performance.now();
+      const steps = await m.train(3);
+      clearInterval(id);
+      return {maxGap, ticks, ms: performance.now() - t0, stepMs: Math.min(...steps.map((s) => s.ms))};""",
+                 page=small.model_page("wasm"))
+    assert r["stepMs"] > 50, r  # small steps are long enough for the check to mean something
+    assert r["maxGap"] < r["stepMs"] / 2 and r["ticks"] > r["ms"] / 20, r
+
+
 def test_parity_can_fail(tiny, reference):
     """A different seed (so different weights and batches) is caught by the same comparison."""
     r = _train_in_browser(tiny, "wasm", steps=3, seed=1)
