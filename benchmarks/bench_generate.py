@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tgc.compiler import compile_model  # noqa: E402
-from tgc.runtime import open_runtime  # noqa: E402
+from tgc.runtime import open_runtime  # noqa: E402  (WebGPU and wasm)
 
 
 def main(argv=None):

@@ -30,8 +30,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tgc.codegen import llvm  # noqa: E402
-from tgc.ir.kernel import Kernel, View  # noqa: E402
 from tgc.runtime.wasm import WasmRuntime  # noqa: E402
 
 PRESETS = ("tiny", "small", "medium", "large", "xl", "huge", "massive", "mega")
@@ -55,15 +53,20 @@ def timeit(fn, min_s=1.0, min_reps=3) -> float:
 
 
 def bench_matmul(n: int, tmp: Path) -> dict:
-    k = Kernel("mm", "matmul", n * n, a=View("a", (n, n), (n, 1)), b=View("b", (n, n), (n, 1)), out="c", M=n, N=n, K=n)
-    art = llvm.build_kernels([k], {t: ((n, n), "f32") for t in "abc"}, tmp / f"mm{n}")
-    rt = WasmRuntime(art)
+    """The compiled matmul kernel, C = A @ B, through the compiler and the wasm runtime."""
+    from tgc.compiler import compile_programs
+    from tgc.ir import build as B
+    from tgc.ir.program import Program
+
+    prog = Program("run", {"c": B.matmul(B.input("a", (n, n)), B.input("b", (n, n)))})
+    c = compile_programs({"run": prog}, {"config": {}, "batch": 1}, out=tmp / f"mm{n}", targets=("wasm",))
+    rt = WasmRuntime(tmp / f"mm{n}")
     r = np.random.default_rng(0)
     a, b = r.standard_normal((n, n), np.float32), r.standard_normal((n, n), np.float32)
     rt.write("a", a)
     rt.write("b", b)
     rt.call("run")
-    err = float(np.abs(rt.read("c") - a @ b).max())
+    err = float(np.abs(rt.read_tensor("run", c.schedules["run"].outputs["c"]) - a @ b).max())
     t_wasm = timeit(lambda: rt.call("run"))
     t_np = timeit(lambda: a @ b)
     flops = 2 * n**3
@@ -75,11 +78,7 @@ def compile_preset(preset: str, tmp: Path, profile=False):
     from tgc.compiler import compile_model
 
     t = time.perf_counter()
-    c = compile_model(preset=preset, out=tmp / preset, targets=("wasm",))
-    if profile:
-        m = json.loads((tmp / preset / "manifest.json").read_text())
-        m["wasm"] = llvm.build(c.schedules, c.layouts, tmp / preset, programs=["train_step"], profile=True)
-        (tmp / preset / "manifest.json").write_text(json.dumps(m))
+    c = compile_model(preset=preset, out=tmp / preset, targets=("wasm",), profile=profile)
     return c, time.perf_counter() - t
 
 
@@ -93,7 +92,7 @@ def bench_wasm_train(preset: str, steps: int, tmp: Path) -> dict:
     u = {k: v for k, v in UNIFORMS.items() if k in c.schedules["train_step"].uniforms}
     first = float(rt.run("train_step", batch, u)["loss"])
     dt = timeit(lambda: rt.run("train_step", batch, u), min_s=2.0, min_reps=steps)
-    return {"preset": preset, "ms": dt * 1e3, "compile_s": compile_s, "kernels": len(c.schedules["train_step"].kernels),
+    return {"preset": preset, "ms": dt * 1e3, "compile_s": compile_s, "kernels": len(c.launches["train_step"]),
             "memory_mib": rt.memory_bytes / 2**20, "loss_first": first}  # fmt: skip
 
 
@@ -105,14 +104,16 @@ def profile_train(preset: str, tmp: Path) -> dict:
     ex = rt.instance.exports(rt.store)
     by_kind: dict[str, float] = {}
     rows = []
-    for i, k in enumerate(c.schedules["train_step"].kernels):
+    for i, (kname, _) in enumerate(c.launches["train_step"]):
+        k = c.kernels[kname]
         f = ex[f"train_step#{i}"]
         dt = timeit(lambda: f(rt.store), min_s=0.0, min_reps=3)
         by_kind[k.kind] = by_kind.get(k.kind, 0.0) + dt * 1e3
         flops = 2 * k.M * k.N * k.K * math.prod(k.batch) if k.kind == "matmul" else 0
         rows.append((dt * 1e3, k.name, k.kind, flops / dt / 1e9 if flops else 0.0))
     rows.sort(reverse=True)
-    mm_flops = sum(2 * k.M * k.N * k.K * math.prod(k.batch) for k in c.schedules["train_step"].kernels if k.kind == "matmul")
+    mm_flops = sum(2 * k.M * k.N * k.K * math.prod(k.batch) for k in (c.kernels[n] for n, _ in c.launches["train_step"])
+                   if k.kind == "matmul")
     return {"preset": preset, "ms_by_kind": by_kind, "matmul_gflop": mm_flops / 1e9,
             "matmul_gflops_avg": mm_flops / (by_kind.get("matmul", 1e-9) * 1e-3) / 1e9, "top": rows[:15]}  # fmt: skip
 
@@ -120,7 +121,6 @@ def profile_train(preset: str, tmp: Path) -> dict:
 def bench_torch_train(preset: str, steps: int, attention: str = "sdpa") -> dict:
     """The same model in PyTorch CPU, one thread (benchmarks/torch_gpt.py)."""
     import torch
-
     from torch_gpt import make_train_step
 
     torch.set_num_threads(1)

@@ -23,9 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tgc.codegen.base import Layout
 from tgc.codegen.wgsl import render_kernel
-from tgc.ir.kernel import Kernel, View
+from tgc.ir.kernel import Kernel, View, canonical
+from tgc.ir.kpasses import run_kernel_passes, tile_name
+from tgc.ir.schedule import TensorInfo
 
 PRESETS = ("tiny", "small", "medium", "large", "xl", "huge", "massive", "mega")
 
@@ -37,28 +38,29 @@ def log(*a):
 # ---------------------------------------------------------------- matmul
 
 
-def matmul_kernel(n: int, form: str = "nn") -> tuple[Kernel, Layout]:
-    """C[n, n] = A @ B with A, B in their own buffers; form nn / nt / tn picks the strides."""
+def matmul_kernel(n: int, form: str = "nn") -> Kernel:
+    """C[n, n] = A @ B as the compiler's kernel passes leave it; form nn / nt / tn picks the strides."""
     sa = (n, 1) if form[0] == "n" else (1, n)
     sb = (n, 1) if form[1] == "n" else (1, n)
     k = Kernel("bench_matmul", "matmul", n * n, a=View("A", (n, n), sa), b=View("B", (n, n), sb), out="C", M=n, N=n, K=n)
-    size = 4 * n * n
-    lay = Layout("bench", {"A": ("bufA", 0), "B": ("bufB", 0), "C": ("bufC", 0)},
-                 {"bufA": size, "bufB": size, "bufC": size}, {}, 16)
-    return k, lay
+    c, order = canonical(k, {t: TensorInfo(t, (n, n), "f32", "input") for t in "ABC"})
+    assert order == ["C", "A", "B"]
+    run_kernel_passes({"k": c})
+    return c
 
 
 def bench_wgsl_matmul(gpu, n: int, reps: int = 20, form: str = "nn") -> dict:
-    k, lay = matmul_kernel(n, form)
-    r = render_kernel(k, lay)
-    bufs = {b: gpu.buffer(s, label=b) for b, s in lay.buffers.items()}
+    k = matmul_kernel(n, form)
+    r = render_kernel(k, {})
+    bufs = {t: gpu.buffer(4 * n * n, label=t) for t in "CAB"}  # parameters p0 = C, p1 = A, p2 = B
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    gpu.queue.write_buffer(bufs["bufA"], 0, (a if form[0] == "n" else np.ascontiguousarray(a.T)).tobytes())
-    gpu.queue.write_buffer(bufs["bufB"], 0, (b if form[1] == "n" else np.ascontiguousarray(b.T)).tobytes())
-    pipe, bgl = gpu.pipeline(r.name, r.source, r.bindings, r.uniform_binding)
-    bg = gpu.bind_group(bgl, r.bindings, bufs, None, None)
+    gpu.queue.write_buffer(bufs["A"], 0, (a if form[0] == "n" else np.ascontiguousarray(a.T)).tobytes())
+    gpu.queue.write_buffer(bufs["B"], 0, (b if form[1] == "n" else np.ascontiguousarray(b.T)).tobytes())
+    pipe, bgl = gpu.pipeline(r.name, r.source, 3, None)
+    bg = gpu.device.create_bind_group(layout=bgl, entries=[
+        {"binding": i, "resource": {"buffer": bufs[t], "offset": 0, "size": 4 * n * n}} for i, t in enumerate("CAB")])
 
     def launch(count):
         enc = gpu.device.create_command_encoder()
@@ -69,16 +71,17 @@ def bench_wgsl_matmul(gpu, n: int, reps: int = 20, form: str = "nn") -> dict:
             cp.dispatch_workgroups(*r.dispatch)
         cp.end()
         gpu.queue.submit([enc.finish()])
-        gpu.device.queue.read_buffer(bufs["bufC"], 0, 16)  # waits for the queue
+        gpu.device.queue.read_buffer(bufs["C"], 0, 16)  # waits for the queue
 
     launch(2)
-    c = np.frombuffer(gpu.device.queue.read_buffer(bufs["bufC"]), np.float32).reshape(n, n)
+    c = np.frombuffer(gpu.device.queue.read_buffer(bufs["C"]), np.float32).reshape(n, n)
     ref_rows = slice(0, min(n, 64))
     err = float(np.abs(c[ref_rows] - a[ref_rows] @ b).max())
     t = time.perf_counter()
     launch(reps)
     dt = (time.perf_counter() - t) / reps
-    return {"n": n, "form": form, "ms": dt * 1e3, "gflops": 2 * n**3 / dt / 1e9, "max_err_rows0_63": err, "tile": r.info.get("tile")}
+    return {"n": n, "form": form, "ms": dt * 1e3, "gflops": 2 * n**3 / dt / 1e9, "max_err_rows0_63": err,
+            "tile": tile_name(k.decisions["wgsl"]["tile"])}
 
 
 def bench_torch_matmul(n: int, reps: int = 20) -> dict:
@@ -113,7 +116,10 @@ def bench_wgsl_train(preset: str, steps: int, artifacts: str | None = None) -> d
         else:
             compile_model(preset=preset, out=d, targets=("wgsl",))
         compile_s = time.perf_counter() - t
+        t = time.perf_counter()
         rt = WebGPURuntime(d)
+        pipelines_s = rt.prepare(["train_step"])
+        open_s = time.perf_counter() - t
         rt.init_state(0)
         cfg = rt.manifest["model"]
         B, T, V = cfg["batch"], cfg["config"]["ctx"], cfg["config"]["vocab"]
@@ -123,20 +129,20 @@ def bench_wgsl_train(preset: str, steps: int, artifacts: str | None = None) -> d
         u = {"lr": 3e-4, "warmup": 10, "total_steps": 1000}
         t = time.perf_counter()
         first = rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 1})
-        load_s = time.perf_counter() - t
+        load_s = open_s + time.perf_counter() - t  # runtime opened .. first step done
         rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 2})
         t = time.perf_counter()
         for s in range(steps):
             out = rt.run("train_step", {"idx": idx, "targets": tgt}, {**u, "step": 3 + s})
         dt = (time.perf_counter() - t) / steps
         n_launch = len(rt.manifest["programs"]["train_step"]["launches"])
-    return {"preset": preset, "ms": dt * 1e3, "compile_s": compile_s, "first_step_s": load_s, "launches": n_launch,
+    return {"preset": preset, "ms": dt * 1e3, "compile_s": compile_s, "first_step_s": load_s, "pipelines_s": pipelines_s,
+            "kernels": len(rt.art.kernels), "launches": n_launch,
             "loss_first": float(first["loss"]), "loss_last": float(out["loss"])}
 
 
 def bench_torch_train(preset: str, steps: int) -> dict:
     import torch
-
     from torch_gpt import make_train_step
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -155,17 +161,18 @@ def bench_torch_train(preset: str, steps: int) -> dict:
 # ---------------------------------------------------------------- profile
 
 
-def _kernel_sig(art: Path, launch: dict) -> str:
-    """A launch's kind and shape, from the header comments of its WGSL."""
-    w = launch["webgpu"]
-    head = (art / w["wgsl"]).read_text().splitlines()
+def _kernel_sig(rt, kernel: str) -> str:
+    """A kernel's kind, shape and launch decisions, from the manifest."""
+    k = rt.art.kernels[kernel]
+    d, w = k.decisions.get("wgsl", {}), k.wgsl
+    head = (rt.dir / w["file"]).read_text().splitlines()
     mm = next((ln for ln in head if ln.startswith("// ") and "sum_k" in ln), None)
     if mm:
-        return f"matmul {mm.split(';', 1)[1].strip()} tile={w.get('tile')}"
-    if launch["kind"] == "reduce":
+        return f"matmul {mm.split(';', 1)[1].strip()} tile={tile_name(d['tile'])}"
+    if k.kind == "reduce":
         loop = next((ln for ln in head if "ridx <" in ln), "")
         r = loop.split("ridx <")[1].split(";")[0].strip() if loop else "?"
-        return f"reduce R={r} lanes={w.get('lanes')} groups={w['dispatch']}"
+        return f"reduce R={r} lanes={d.get('lanes')} groups={w['dispatch']}"
     return f"elementwise groups={w['dispatch']} wg={w['workgroup_size']}"
 
 
@@ -184,7 +191,7 @@ def profile_program(art, program: str = "train_step", reps: int = 5) -> dict:
     rng = np.random.default_rng(0)
     inputs = {"idx": rng.integers(0, V, (B, T), dtype=np.int32), "targets": rng.integers(0, V, (B, T), dtype=np.int32)}
     u = {"lr": 3e-4, "warmup": 10, "total_steps": 1000}
-    launches = m["programs"][program]["launches"]
+    launches = rt.art.programs[program].launches  # (kernel, tensors)
     t = time.perf_counter()
     rt.run(program, inputs, {**u, "step": 1})
     first_s = time.perf_counter() - t
@@ -232,18 +239,18 @@ def profile_program(art, program: str = "train_step", reps: int = 5) -> dict:
     res["gpu_span_ms"] = float(np.median([a for a, _ in spans]))
     res["submit_wait_ms"] = float(np.median([b for _, b in spans]))
     kinds, shapes = {}, {}
-    for lch, dt in zip(launches, per):
-        k = kinds.setdefault(lch["kind"], [0, 0.0])
+    for (kname, _), dt in zip(launches, per):
+        k = kinds.setdefault(rt.art.kernels[kname].kind, [0, 0.0])
         k[0] += 1
         k[1] += dt / 1e6
-        sig = _kernel_sig(art, lch)
-        sh = shapes.setdefault(sig, [0, 0.0, lch["kernel"]])
+        sig = _kernel_sig(rt, kname)
+        sh = shapes.setdefault(sig, [0, 0.0, kname])
         sh[0] += 1
         sh[1] += dt / 1e6
     res["kinds"] = {k: {"count": c, "ms": round(ms, 3)} for k, (c, ms) in kinds.items()}
     top = sorted(shapes.items(), key=lambda kv: -kv[1][1])[:40]
     res["top_shapes"] = [{"sig": s_, "count": c, "ms": round(ms, 3), "example": ex} for s_, (c, ms, ex) in top]
-    res["top_launches"] = sorted(({"kernel": l_["kernel"], "us": round(float(dt) / 1e3, 1)} for l_, dt in zip(launches, per)),
+    res["top_launches"] = sorted(({"kernel": l_[0], "us": round(float(dt) / 1e3, 1)} for l_, dt in zip(launches, per)),
                                  key=lambda r: -r["us"])[:25]
     return res
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import math
 
 
-def make_train_step(preset: str, device: str = "cpu", attention: str = "sdpa"):
-    """A no-argument function running one training step (loss read back, as tgc does)."""
+def make_train_step(preset: str, device: str = "cpu", attention: str = "sdpa", batch: int | None = None,
+                    compile_mode: str | None = None):
+    """A no-argument function running one training step (loss read back, as tgc does); `batch`
+    overrides the preset's; `compile_mode` ("default", "reduce-overhead") wraps the model in
+    torch.compile."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -20,7 +23,7 @@ def make_train_step(preset: str, device: str = "cpu", attention: str = "sdpa"):
     from tgc import presets
 
     p = presets.get_preset(preset)
-    V, T, d, H, L, B = p["vocab"], p["ctx"], p["d"], p["heads"], p["layers"], p["batch"]
+    V, T, d, H, L, B = p["vocab"], p["ctx"], p["d"], p["heads"], p["layers"], batch or p["batch"]
     mask = torch.tril(torch.ones(T, T, device=device)).view(1, 1, T, T)
 
     class Block(nn.Module):
@@ -57,11 +60,12 @@ def make_train_step(preset: str, device: str = "cpu", attention: str = "sdpa"):
 
     model = GPT().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    fwd = torch.compile(model, mode=compile_mode) if compile_mode else model
     idx = torch.randint(0, V, (B, T), device=device)
     tgt = torch.randint(0, V, (B, T), device=device)
 
     def step():
-        loss = model(idx, tgt)
+        loss = fwd(idx, tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

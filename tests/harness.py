@@ -15,7 +15,7 @@ import numpy as np
 
 from tgc.compare import compare
 from tgc.compiler import WASM_HEAP_BASE, compile_programs
-from tgc.ir.kinterp import run_kernel
+from tgc.ir.kinterp import run_kernel, run_nest
 from tgc.ir.program import Program
 
 PROGRAM = "run"
@@ -72,6 +72,7 @@ def run_graph(tmp_path, outputs: dict, env: dict, uniforms: dict | None = None, 
     c = compile_graph(tmp_path, outputs, updates, target, heap_base)
     s = c.schedules[PROGRAM]
     uniforms = {**{u: env[u] for u in s.uniforms if u in env}, **(uniforms or {})}
+    check_nests(c, uniforms)
     rt = open_target(tmp_path, target, gpu)
     for n, t in s.tensors.items():
         if n in c.manifest.tensors:
@@ -87,6 +88,23 @@ def run_graph(tmp_path, outputs: dict, env: dict, uniforms: dict | None = None, 
             got, w = got[..., ~dead[n]], w[..., ~dead[n]]
         assert_close(got, w, rtol, atol, name=n)
     return c, rt
+
+
+def check_nests(compiled, uniforms: dict, seed: int = 0) -> None:
+    """Every elementwise and reduce kernel run through its loop nest (the kernel passes'
+    regions) equals the kernel run flat, on random data: the passes against the kernel's meaning."""
+    rng = np.random.default_rng(seed)
+    for k in compiled.kernels.values():
+        if k.kind == "matmul":
+            continue
+        mem = {f"p{i}": (rng.integers(0, 8, p.elements).astype(np.int32) if p.dtype == "i32"
+                         else rng.standard_normal(p.elements).astype(np.float32)) for i, p in enumerate(k.params)}
+        flat, nest = {n: a.copy() for n, a in mem.items()}, {n: a.copy() for n, a in mem.items()}
+        with np.errstate(all="ignore"):
+            run_kernel(k, flat, uniforms)
+            run_nest(k, nest, uniforms)
+        for t, _ in k.outputs:
+            assert_close(nest[t], flat[t], 1e-5, 1e-6, f"{k.name}:{t} through its nest")
 
 
 def gpu_kernel(gpu, k, arrays: list[np.ndarray], uniforms: dict | None = None) -> list[np.ndarray]:

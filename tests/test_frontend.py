@@ -32,6 +32,7 @@ TINY = PRESETS["tiny"]
 DESIGN_PARAMS = {
     "tiny": 70_464, "small": 366_432, "medium": 838_400, "large": 2_743_296, "xl": 6_416_896,
     "huge": 9_608_704, "massive": 25_039_872, "mega": 25_138_176, "behemoth": 473_244_160,
+    "gpt2": 124_439_808,  # Hugging Face's GPT-2 124M (tests/test_gpt2.py checks transformers' own count)
 }
 
 

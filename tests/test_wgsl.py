@@ -367,3 +367,23 @@ def test_kernels_bind_at_most_eight_tensors():
     env = {f"x{i}": np.full(4, i, np.float32) for i in range(9)}
     out, _ = kinterp.run_schedule(s, env)
     assert_close("y", out["y"], np.full(4, 36.0, np.float32))
+
+
+@pytest.mark.gpu
+def test_tensors_over_the_binding_limit_are_split(gpu, tmp_path, monkeypatch):
+    """A tensor larger than the binding limit is bound in chunks and read and written through
+    an accessor: an embedding table, its lm-head matmul and an elementwise op over it, with
+    the limit lowered to 64 KiB so that the tensors here (100-200 KiB) take 2-4 bindings."""
+    from tgc.ir import schedule as S
+
+    monkeypatch.setattr(S, "MAX_BINDING_BYTES", 64 << 10)
+    rng = np.random.default_rng(11)
+    V, D, T = 600, 40, 12
+    table, idx = b.input("table", (V, D)), b.input("idx", (T,), "i32")
+    x = b.embed(table, idx)
+    logits = b.matmul(x, b.transpose(table))
+    c, _ = harness.run_graph(tmp_path, {"logits": logits, "scaled": b.mul(table, table)},
+                             {"table": rand(rng, (V, D)), "idx": rng.integers(0, V, T).astype(np.int32)},
+                             target="webgpu", gpu=gpu, atol=1e-5)  # fmt: skip
+    chunks = [k.wgsl["chunks"] for k in c.manifest.kernels.values()]
+    assert any(max(ch) >= 2 for ch in chunks), chunks

@@ -21,6 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
+from tgc.errors import TgcError
+
 _COMPILED: dict = {}  # artifact key -> Compiled, for the numpy backend
 
 
@@ -59,6 +61,15 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
     d = cache_root() / "artifacts" / artifact_key(source, preset, overrides)
     if (d / "manifest.json").exists():
         return d
+    targets = ("wgsl", "wasm")
+    try:
+        from tgc.toolchain import find_wasm_ld
+
+        find_wasm_ld()
+    except TgcError as e:  # a machine without a linker (a GPU box) still runs WebGPU
+        targets = ("wgsl",)
+        if log:
+            log(f"note: {e.message}; compiling the WebGPU kernels only")
     if log:
         log(f"compiling {preset} {overrides} -> {d}")
     d.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +78,7 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
     try:
         tmp.mkdir()
         (tmp / "model.tg").write_text(source)
-        compile_model(None, preset=preset, out=tmp, targets=("wgsl", "wasm"), overrides=overrides, source=source,
+        compile_model(None, preset=preset, out=tmp, targets=targets, overrides=overrides, source=source,
                       filename=filename)
         shutil.rmtree(d, ignore_errors=True)
         os.replace(tmp, d)
@@ -117,13 +128,20 @@ def _default_source() -> str:
 
 
 def runtime_for(source: str, preset: str | None, overrides: dict, backend: str = "auto", log=None,
-                filename: str = "model.tg"):
+                filename: str = "model.tg", programs=None):
     """Compile `source` for a preset + overrides into the artifact cache (or reuse it) and
-    open a runtime on it. Returns (runtime, compiled or None)."""
+    open a runtime on it, ready to run `programs` at once (WebGPU builds their pipelines
+    up front; the time is logged). Returns (runtime, compiled or None)."""
     from tgc.runtime import choose_backend, open_runtime
 
     preset = preset or "tiny"
     if choose_backend(backend, None) == "numpy":
         compiled = _compiled_for(source, preset, overrides, filename)
         return reference_runtime(compiled), compiled
-    return open_runtime(compiled_artifact(source, preset, overrides, log, filename), backend), None
+    rt = open_runtime(compiled_artifact(source, preset, overrides, log, filename), backend)
+    if programs:
+        n = len({k for p in programs for k, _ in rt.art.programs[p].launches})
+        dt = rt.prepare(programs)
+        if log and dt > 0:
+            log(f"{rt.backend}: {n} pipelines for {', '.join(programs)} ready in {dt:.2f}s")
+    return rt, None

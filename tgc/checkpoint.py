@@ -36,7 +36,7 @@ import numpy as np
 
 from tgc import __version__, presets
 from tgc.errors import TgcError
-from tgc.tokenizer import Tokenizer, byte_tokenizer, tokenizer_from_json
+from tgc.tokenizer import Tokenizer, byte_tokenizer, hf_tokenizer, tokenizer_from_json
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -92,7 +92,7 @@ def hf_config(cfg: dict, tgc: dict) -> dict:
         "add_cross_attention": False,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,  # tgc trains without dropout
         "initializer_range": 0.02,
-        "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
+        "bos_token_id": cfg.get("bos_token_id"), "eos_token_id": cfg.get("eos_token_id"), "pad_token_id": None,
         "use_cache": True,
         "dtype": "float32",
         "tgc": tgc,
@@ -113,6 +113,10 @@ def model_config_from_hf(hf: dict, where: str) -> dict:
         raise TgcError(f"{where}: activation_function {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
     cfg["activation"] = ACTIVATIONS[act]
     cfg["eps"] = float(hf.get("layer_norm_epsilon", DEFAULT_EPS))
+    for key in ("bos_token_id", "eos_token_id"):  # kept where they name a token (GPT2Config's default
+        v = hf.get(key)                           # 50256 stays in a config of a smaller vocabulary)
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < cfg["vocab"]:
+            cfg[key] = v
     checks = [
         (hf.get("n_inner") in (None, 4 * cfg["d"]), f"n_inner {hf.get('n_inner')} (tgc's MLP is 4 * n_embd)"),
         (cfg["d"] % cfg["heads"] == 0, f"n_embd {cfg['d']} not divisible by n_head {cfg['heads']}"),
@@ -295,37 +299,62 @@ def _read_json(p: Path) -> dict:
     return obj
 
 
-def read_safetensors(p: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """(tensors as f32 numpy, metadata); TgcError for a missing, truncated or corrupt file."""
-    from safetensors import safe_open
+# safetensors dtype -> (numpy dtype of the stored bits, how to widen them to f32)
+_BF16 = "BF16"
+SAFETENSORS_FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), _BF16: np.dtype("<u2"), "F64": np.dtype("<f8")}
 
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of an f32: put the 16 bits back on top (exact, no rounding)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def read_safetensors(p: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(tensors widened to f32 numpy, metadata); TgcError for a missing, truncated or corrupt
+    file, and for a tensor that is not floating point (the message names its dtype).
+
+    Reads the format itself (an 8-byte little-endian header length, a JSON header of
+    name -> dtype, shape, data_offsets, then the data) rather than through safetensors'
+    numpy loader, which cannot return bfloat16: F32, F16, BF16 and F64 are read with
+    numpy alone (bf16 widened bit-exactly, f16 and f64 converted)."""
     if not p.exists():
         raise TgcError(f"{p}: missing")
+
+    def corrupt(why: str) -> TgcError:
+        return TgcError(f"{p}: corrupt or truncated safetensors file ({why})")
+
     try:
-        with safe_open(str(p), framework="numpy") as f:
-            meta = f.metadata() or {}
-            out = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- safe_open is not a mapping
-    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types and OSError
-        if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():
-            out, meta = _read_safetensors_torch(p)
-        else:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise TgcError(f"{p}: corrupt or truncated safetensors file ({msg})") from None
-    for k, v in out.items():
-        if not np.issubdtype(v.dtype, np.floating):
-            raise TgcError(f"{p}: tensor {k} has dtype {v.dtype}, expected floating point")
-        out[k] = v.astype(np.float32, copy=False)
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise corrupt(f"{size} bytes, shorter than the header")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise corrupt(f"header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        data = np.memmap(p, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        raise corrupt(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    out = {}
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], [int(x) for x in info["shape"]], info["data_offsets"]
+        except (TypeError, KeyError, ValueError) as e:
+            raise corrupt(f"tensor {name}: bad header entry ({e})") from None
+        if dtype not in SAFETENSORS_FLOATS:
+            raise TgcError(f"{p}: tensor {name} has dtype {dtype}; tgc reads floating-point weights "
+                           f"({', '.join(SAFETENSORS_FLOATS)})")
+        stored = SAFETENSORS_FLOATS[dtype]
+        if not (0 <= begin <= end <= data.size) or end - begin != math.prod(shape) * stored.itemsize:
+            raise corrupt(f"tensor {name}: bytes {begin}..{end} do not hold {dtype}{shape} in {data.size} data bytes")
+        raw = np.asarray(data[begin:end]).view(stored).reshape(shape)
+        out[name] = _bf16_to_f32(raw) if dtype == _BF16 else raw.astype(np.float32)
+    del data
     return out, meta
-
-
-def _read_safetensors_torch(p: Path):
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise TgcError(f"{p}: bfloat16 tensors need torch installed to convert") from None
-    import torch
-
-    return {k: v.to(torch.float32).numpy() for k, v in load_file(str(p)).items()}, {}
 
 
 def load_checkpoint(path, resume: bool = False) -> Checkpoint:
@@ -341,6 +370,9 @@ def load_checkpoint(path, resume: bool = False) -> Checkpoint:
     cid = tgc.get("checkpoint_id")
     params, meta = read_safetensors(d / WEIGHTS)
     _check_tensors(params, param_shapes(cfg), "model.safetensors", str(d / WEIGHTS))
+    if "tgc_checkpoint_id" not in meta:  # e.g. re-saved by transformers (in bf16, say)
+        raise TgcError(f"{d / WEIGHTS}: not written by tgc (its metadata has no checkpoint id); "
+                       "bring a Hugging Face save in with tgc import")
     if meta.get("tgc_checkpoint_id") != cid:
         raise TgcError(f"{d}: model.safetensors and config.json are from different saves (an interrupted copy?)")
     tok = _load_checkpoint_tokenizer(d)
@@ -423,25 +455,40 @@ def _gpt2_names(sd: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
 
 
 def _hf_tokenizer(src: Path, vocab: int) -> Tokenizer:
-    if (src / TOKENIZER).exists():
-        return tokenizer_from_json((src / TOKENIZER).read_text(), None, str(src / TOKENIZER))
-    if (src / "vocab.json").exists() and (src / "merges.txt").exists():
-        try:
-            from transformers import GPT2TokenizerFast
-        except ImportError:
-            raise TgcError(f"{src}: converting vocab.json + merges.txt needs transformers (pip install transformers)") from None
-        return Tokenizer(GPT2TokenizerFast.from_pretrained(str(src)).backend_tokenizer, f"bpe:{vocab}")
+    tok = hf_tokenizer(src)
+    if tok is not None:
+        return tok
     if vocab == 256:
         return byte_tokenizer()
     raise TgcError(f"{src}: no tokenizer.json (or vocab.json + merges.txt), and vocab_size {vocab} is not the byte vocabulary")
+
+
+def _shape_text(cfg: dict) -> str:
+    return ", ".join(f"{k} {cfg[k]}" for k in ("layers", "heads", "d", "ctx", "vocab"))
+
+
+def _refuse_existing(out: Path, cfg: dict) -> None:
+    """An import never replaces a checkpoint: TgcError when `out` already holds one."""
+    if not (out / CONFIG).exists():
+        return
+    try:
+        have = model_config_from_hf(json.loads((out / CONFIG).read_text()), str(out / CONFIG))
+    except (TgcError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        have = None
+    if have is not None and presets.model_config(have) != presets.model_config(cfg):
+        raise TgcError(f"{out} holds a checkpoint of another shape ({_shape_text(have)}; this model: "
+                       f"{_shape_text(cfg)}); nothing was changed: import into a new directory")
+    raise TgcError(f"{out} already holds a checkpoint; nothing was changed: import into a new directory")
 
 
 def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = None) -> Path:
     """Bring a Hugging Face GPT-2 directory (save_pretrained's output) in as a tgc checkpoint.
 
     The model config comes from config.json; a preset whose layers/heads/d/ctx/vocab all
-    match is recorded, else the checkpoint's config stands on its own (batch: `batch`, the
-    preset's, or 8). GPT-2's released checkpoints use the tanh GELU ("gelu_new"): the
+    match is recorded, else the checkpoint's config stands on its own. The batch recorded is
+    `batch`, else 1: an import holds weights only (it cannot be resumed), generation runs
+    at batch 1, and the batch sizes only train_step, which is compiled into the same
+    artifact (for GPT-2 124M: 3.8 GiB of wasm memory at batch 1, 10.6 GiB at 4). GPT-2's released checkpoints use the tanh GELU ("gelu_new"): the
     checkpoint's model.tg is then gpt.tg with gelu_tanh in the MLP (likewise a non-default
     layer_norm_epsilon), so compiling it reproduces the HF model's arithmetic."""
     src, out = Path(src_dir), Path(out_dir)
@@ -449,6 +496,7 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
         raise TgcError(f"{src}: not a directory (expected a Hugging Face GPT-2 save_pretrained directory)")
     hf = _read_json(src / CONFIG)
     cfg = model_config_from_hf(hf, str(src / CONFIG))
+    _refuse_existing(out, cfg)
     params = _gpt2_names(_read_hf_weights(src), str(src))
     _check_tensors(params, param_shapes(cfg), "the model's weights", str(src))
     tok = _hf_tokenizer(src, cfg["vocab"])
@@ -461,7 +509,7 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
             match = name
             break
     if batch is None:
-        batch = presets.get_preset(preset or match)["batch"] if (preset or match) else 8
+        batch = 1
     tgc = {"preset": preset or match, "batch": int(batch), "step": 0, "imported_from": str(src.resolve()),
            "model_origin": presets.default_model_path().name,
            "params": sum(math.prod(s) for s in param_shapes(cfg).values())}

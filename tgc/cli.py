@@ -8,6 +8,7 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def cmd_generate(a) -> int:
     st = g.stats
     print(
         f"\n\n[{st.new_tokens} new tokens ({st.prompt_tokens} prompt tokens not counted), "
-        f"{st.tokens_per_s:.1f} tokens/s, first token {1000 * st.first_token_s:.1f} ms, "
+        f"{st.tokens_per_s:.1f} tokens/s, first token {1000 * st.first_token_s:.1f} ms "
+        f"({st.open_to_first_token_s:.2f}s after the runtime opened), "
         f"{'KV cache' if not a.no_kv_cache else 'no KV cache'}, {st.backend}]",
         file=sys.stderr,
     )
@@ -108,8 +110,9 @@ def cmd_parity(a) -> int:
 def cmd_import(a) -> int:
     from tgc.checkpoint import import_hf
 
-    import_hf(a.src, a.out)
-    print(f"imported {a.src} -> {a.out}")
+    ck = import_hf(a.src, a.out)
+    t = json.loads((ck / "config.json").read_text())["tgc"]
+    print(f"imported {a.src} -> {a.out} ({t['params']:,} parameters, preset {t['preset'] or 'none (sizes from config.json)'})")
     return 0
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from tgc import presets
 from tgc.artifact import KernelInfo, KernelParam, Manifest, Place, ProgramInfo, write_manifest
 from tgc.errors import TgcError
+from tgc.ir import schedule as S
 from tgc.ir.kernel import Kernel, format_kernel
 from tgc.ir.kpasses import dedup, run_kernel_passes
 from tgc.ir.memplan import MemoryPlan, plan_memory
 from tgc.ir.passes import run_passes
 from tgc.ir.printer import format_graph, format_program
 from tgc.ir.program import PROGRAMS, Program, TrainConfig, build_programs
-from tgc.ir.schedule import MAX_BINDING_BYTES, Schedule, schedule
+from tgc.ir.schedule import Schedule, schedule
 from tgc.ir.verify import verify_program
 
 TARGETS = ("wgsl", "wasm")
@@ -80,9 +81,11 @@ def compile_model(
     log=None,
     source: str | None = None,
     filename: str | None = None,
+    profile: bool = False,
 ) -> Compiled:
     """Compile the model file `model_path` (or DSL text `source`, whose errors name `filename`)
-    for a preset (plus overrides); with `out`, write the artifact there."""
+    for a preset (plus overrides); with `out`, write the artifact there (with `profile`, the
+    wasm module also exports each launch on its own, for timing)."""
     from tgc.frontend import load_model, parse_file, parse_text
     from tgc.frontend.ast import format_module
 
@@ -122,14 +125,14 @@ def compile_model(
     info = {"file": model_path.name, "preset": preset, "config": config, "batch": batch, "train": train,
             "params": [q.name for q in model.params], "param_count": sum(math.prod(q.shape) for q in model.params)}
     inits = {q.name: tuple(q.init) for q in model.params}
-    c = compile_programs(programs, info, inits, out, targets, verify, max_buffer, dumper, timings, t0)
+    c = compile_programs(programs, info, inits, out, targets, verify, max_buffer, dumper, timings, t0, profile=profile)
     c.model_path, c.preset, c.config, c.batch, c.train, c.params = str(model_path), preset, config, batch, train, model.params
     return c
 
 
 def compile_programs(programs: dict[str, Program], model: dict, inits: dict | None = None, out=None, targets=TARGETS,
                      verify: bool = False, max_buffer: int = MAX_BUFFER, dumper=None, timings=None, t0=None,
-                     heap_base: int = WASM_HEAP_BASE, keep_all: bool = False) -> Compiled:
+                     heap_base: int = WASM_HEAP_BASE, keep_all: bool = False, profile: bool = False) -> Compiled:
     """Everything from the graph passes on, for any set of programs: `model` is the
     manifest's model section, `inits` the parameters' init rules. `heap_base` is where the
     buffers start in wasm memory (tests place them past 4 GiB); with `keep_all` no two
@@ -166,7 +169,7 @@ def compile_programs(programs: dict[str, Program], model: dict, inits: dict | No
                         model.get("train", {}), [], programs, schedules, kernels, launches, plan, manifest, wasm_base,
                         timings)  # fmt: skip
     if out is not None:
-        write_artifact(compiled, Path(out), [t for t in targets if t in TARGETS], dumper.root)
+        write_artifact(compiled, Path(out), [t for t in targets if t in TARGETS], dumper.root, profile)
         stage("codegen+package")
     return compiled
 
@@ -240,13 +243,13 @@ def _uniforms(k: Kernel) -> set[str]:
     return {e.arg for e in walk([e for _, e in k.outputs]) if e.op is Op.UNIFORM}
 
 
-def write_artifact(compiled: Compiled, out: Path, targets, dump_dir=None) -> Path:
+def write_artifact(compiled: Compiled, out: Path, targets, dump_dir=None, profile: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     m = compiled.manifest
     if "wgsl" in targets:
         m.wgsl = _emit_wgsl(compiled, out, dump_dir)
     if "wasm" in targets:
-        m.wasm = _emit_wasm(compiled, out, dump_dir)
+        m.wasm = _emit_wasm(compiled, out, dump_dir, profile)
     write_manifest(out, m)
     return out
 
@@ -269,11 +272,12 @@ def _emit_wgsl(compiled: Compiled, out: Path, dump_dir) -> dict:
         ki = m.kernels[name]
         m.kernels[name] = KernelInfo(ki.name, ki.kind, ki.params, ki.uniforms, ki.decisions, {
             "file": rel, "workgroup_size": list(r.workgroup_size), "dispatch": list(r.dispatch),
-            "workgroup_bytes": r.workgroup_bytes, "uniform_binding": r.uniform_binding, "chunks": r.chunks})
+            "workgroup_bytes": r.workgroup_bytes, "uniform_binding": r.uniform_binding, "chunks": r.chunks,
+            "chunk_bytes": r.chunk_bytes})
         stats["max_storage_buffers"] = max(stats["max_storage_buffers"], sum(r.chunks))
         stats["max_workgroup_bytes"] = max(stats["max_workgroup_bytes"], r.workgroup_bytes)
         stats["max_invocations"] = max(stats["max_invocations"], math.prod(r.workgroup_size))
-    return {"dir": "kernels", "kernels": len(compiled.kernels), "max_binding_bytes": MAX_BINDING_BYTES,
+    return {"dir": "kernels", "kernels": len(compiled.kernels), "max_binding_bytes": S.MAX_BINDING_BYTES,
             "max_buffer_bytes": max(m.buffers.values(), default=0), **stats}
 
 

@@ -19,7 +19,9 @@ temperature, then top-k, then top-p (the smallest set of most likely tokens whos
 reaches p), and the token is drawn by inverting the CDF in token-id order with
 u = rng.uniform(seed, "sample", 1, start=i) for the i-th new token -- so a (seed, prompt)
 pair gives the same text on every backend whose logits agree. An empty prompt starts
-from "\\n". Stats: first_token_s is the time to the first new token (prefill included);
+from "\\n". Generation also stops after the model's end-of-text token (config.json's
+eos_token_id, as transformers' generate does; <|endoftext|> in GPT-2), which is counted
+but not printed. Stats: first_token_s is the time to the first new token (prefill included);
 tokens_per_s counts new tokens only (the prompt is not counted) over the whole call.
 """
 
@@ -42,6 +44,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     new_tokens: int = 0
     first_token_s: float = 0.0
+    open_to_first_token_s: float = 0.0  # from the runtime's opening (pipelines included) to the first token
     total_s: float = 0.0
     tokens_per_s: float = 0.0
     backend: str = ""
@@ -90,11 +93,12 @@ class Generation:
         return "".join(self)
 
 
-def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None):
-    """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for its config."""
+def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward")):
+    """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
+    its config, ready to run `programs` without delay."""
     ck = load_checkpoint(ckpt)
     overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch", 1))}
-    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log)
+    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -117,9 +121,12 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
         raise TgcError(f"--temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise TgcError(f"--top-p must be in (0, 1], got {top_p}")
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log)
+    # the first token needs prefill only (or forward): decode_step's pipelines are built at its
+    # first run, after the first token is out
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",))
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
+    eos = ck.config.get("eos_token_id")
     ids = tok.encode(prompt) or tok.encode("\n")
     stats = GenerationStats(prompt_tokens=len(ids), backend=getattr(rt, "backend", backend), token_ids=[])
 
@@ -146,8 +153,11 @@ def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: flo
             now = time.perf_counter()
             if i == 0:
                 stats.first_token_s = now - t0
+                stats.open_to_first_token_s = now - getattr(rt, "opened_at", t0)
             stats.total_s = now - t0
             stats.tokens_per_s = stats.new_tokens / max(stats.total_s, 1e-9)
+            if nxt == eos:
+                break
             piece = dec.push(nxt)
             if piece:
                 yield piece

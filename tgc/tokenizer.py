@@ -5,20 +5,28 @@
     tok.save(path); tok = load_tokenizer(path)   # tokenizer.json; also loads in transformers'
                                                  # PreTrainedTokenizerFast(tokenizer_file=path)
 
+    tok = hf_tokenizer(src_dir)                  # a Hugging Face model directory's tokenizer (tgc import)
+
 Both map text to bytes first (GPT-2's byte-to-unicode alphabet), so every UTF-8
 string encodes and decodes back to itself. The byte tokenizer is a BPE model with
 the 256 byte symbols and no merges, ordered so that a token's id is its byte
 value. Neither has special tokens: generation stops on a token count, not an EOS.
-The model's vocab must equal `tok.vocab_size` (checked when a checkpoint loads).
+An imported GPT-2 tokenizer keeps its added tokens (<|endoftext|> is 50256 in GPT-2's
+own), built from vocab.json + merges.txt with `tokenizers` alone the way transformers'
+GPT2TokenizerFast builds it, so the ids are the same. The model's vocab must equal
+`tok.vocab_size` (checked when a checkpoint loads).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tgc.errors import TgcError
 
 BYTE_VOCAB = 256
+GPT2_SPECIAL = "<|endoftext|>"  # GPT2Tokenizer's default unk, bos and eos token
+SPECIAL_ROLES = ("unk_token", "bos_token", "eos_token", "pad_token")
 
 
 def _byte_symbols() -> list[str]:
@@ -139,6 +147,82 @@ def load_tokenizer(path, kind: str | None = None) -> Tokenizer:
     except (OSError, UnicodeDecodeError) as e:
         raise TgcError(f"cannot read tokenizer {p}: {e}") from None
     return tokenizer_from_json(text, kind, str(p))
+
+
+# ---- a Hugging Face model directory's tokenizer
+
+def _read_json_file(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TgcError(f"{p}: unreadable or corrupt ({str(e).splitlines()[0]})") from None
+
+
+def _token_content(t) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict."""
+    if isinstance(t, dict):
+        t = t.get("content")
+    return t if isinstance(t, str) and t else None
+
+
+def hf_tokenizer(src) -> Tokenizer | None:
+    """The tokenizer of a save_pretrained directory, or None when it has none:
+    tokenizer.json as it is, else vocab.json + merges.txt built as GPT2TokenizerFast builds
+    them (byte-level BPE, GPT-2's pre-tokenizer regex, the byte-level decoder) with the
+    added tokens of tokenizer_config.json's added_tokens_decoder, added_tokens.json and the
+    special tokens it or special_tokens_map.json names (GPT-2's default: <|endoftext|> as
+    unk, bos and eos), each at the id transformers gives it."""
+    src = Path(src)
+    if (src / "tokenizer.json").exists():
+        return load_tokenizer(src / "tokenizer.json")
+    vocab, merges = src / "vocab.json", src / "merges.txt"
+    if not (vocab.exists() and merges.exists()):
+        return None
+    from tokenizers import AddedToken, decoders, pre_tokenizers, processors
+    from tokenizers import Tokenizer as Tk
+    from tokenizers.models import BPE
+
+    try:
+        model = BPE.from_file(str(vocab), str(merges), dropout=None, continuing_subword_prefix="",
+                              end_of_word_suffix="", fuse_unk=False)
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises plain Exception for bad files
+        raise TgcError(f"{src}: vocab.json / merges.txt are not a BPE vocabulary ({str(e).splitlines()[0]})") from None
+    config = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the second wins, as in transformers
+        if (src / name).exists():
+            obj = _read_json_file(src / name)
+            config.update(obj if isinstance(obj, dict) else {})
+    tk = Tk(model)
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    tk.decoder = decoders.ByteLevel()
+
+    # added tokens with a fixed id first (in id order), then the named special tokens
+    fixed: dict[int, AddedToken] = {}
+    for i, t in (config.get("added_tokens_decoder") or {}).items():
+        if _token_content(t):
+            opts = {k: bool(t[k]) for k in ("single_word", "lstrip", "rstrip", "normalized", "special") if k in t}
+            fixed[int(i)] = AddedToken(_token_content(t), **opts)
+    if (src / "added_tokens.json").exists():
+        for content, i in _read_json_file(src / "added_tokens.json").items():
+            fixed.setdefault(int(i), AddedToken(content, special=False))
+    for i, t in sorted(fixed.items()):
+        (tk.add_special_tokens if t.special else tk.add_tokens)([t])
+        if tk.token_to_id(t.content) != i:
+            raise TgcError(f"{src}: added token {t.content!r} should have id {i}, but the vocabulary gives it "
+                           f"{tk.token_to_id(t.content)}")
+    named = {role: _token_content(config[role]) if role in config else (GPT2_SPECIAL if role != "pad_token" else None)
+             for role in SPECIAL_ROLES}
+    extra = config.get("additional_special_tokens") or config.get("extra_special_tokens") or []
+    added = {t.content for t in tk.get_added_tokens_decoder().values()}
+    for content in [*named.values(), *(_token_content(t) for t in extra)]:
+        if content and content not in added:  # in the vocabulary: keeps its id; else the next one
+            tk.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+            added.add(content)
+    bos = named["bos_token"]
+    if config.get("add_bos_token") and bos:
+        tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                          special_tokens=[(bos, tk.token_to_id(bos))])
+    return Tokenizer(tk, f"bpe:{tk.get_vocab_size()}")
 
 
 class StreamDecoder:

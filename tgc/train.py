@@ -86,8 +86,12 @@ def _settings(resume_state: dict | None, given: dict, defaults: dict) -> dict:
     return out
 
 
-def loss_curve_png(history: list, val_history: list, title: str) -> bytes:
-    import matplotlib
+def loss_curve_png(history: list, val_history: list, title: str) -> bytes | None:
+    """The loss curve as PNG bytes; None where matplotlib is not installed (no plot then)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,7 +180,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     B, T = s["batch"], config["ctx"]
 
     t0 = time.perf_counter()
-    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log)
+    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log, programs=("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
     rt.init_state(s["seed"])
     start = 0
@@ -212,7 +216,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                  "history": history, "val_history": val_history}
         png = loss_curve_png(history, val_history, f"{s['preset']} on {data.name} ({tok.kind}), step {step}")
         save_checkpoint(out, params, {**config, "activation": "gelu"}, tok, tgc, optimizer=moments, state=state,
-                        source=source, extra={"loss.png": png})
+                        source=source, extra={"loss.png": png} if png else None)
 
     from tqdm import tqdm
 
@@ -231,6 +235,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                               uniforms={"step": np.float32(step + 1), **uniforms}, read=["loss"])
                 step += 1
                 last_loss = float(outs["loss"])
+                if step == start + 1 and hasattr(rt, "opened_at"):
+                    log(f"step {step} done {time.perf_counter() - rt.opened_at:.2f}s after the runtime opened")
                 history.append([step, last_loss])
                 tokens += B * T
                 if not math.isfinite(last_loss):

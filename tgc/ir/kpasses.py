@@ -32,10 +32,10 @@ import math
 import os
 
 from tgc.ir import kernel as K
+from tgc.ir import schedule as S
 from tgc.ir.affine import Aff, AffineIn, Unresolved, to_expr
 from tgc.ir.kernel import Interner, Kernel, KExpr, Nest, Region, canonical, const, kernel_key, walk
 from tgc.ir.ops import Op
-from tgc.ir.schedule import MAX_BINDING_BYTES
 
 # ---------------------------------------------------------------- dedup
 
@@ -361,9 +361,10 @@ def wgsl_launch(k: Kernel) -> Kernel:
         d = {"workgroup": WG, **reduce_shape(k)}
     else:
         d = {"tile": dict(choose_tile(k.M, k.N, math.prod(k.batch), k.K)), "prefetch": OPTIONS["prefetch"]}
-    chunks = [-(-4 * p.elements // MAX_BINDING_BYTES) for p in k.params]  # bindings per parameter
-    if any(c > 1 for c in chunks):
-        d["chunks"] = chunks
+    split = [S.chunking(4 * p.elements) for p in k.params]  # (bindings, bytes each) per parameter
+    if any(n > 1 for n, _ in split):
+        d["chunks"] = [n for n, _ in split]
+        d["chunk_bytes"] = [b if n > 1 else None for n, b in split]
     k.decisions = {**k.decisions, "wgsl": d}
     return k
 

@@ -114,7 +114,10 @@ def _check_nest(k: Kernel, where: str) -> None:
 def _check_decisions(k: Kernel, where: str) -> None:
     w = k.decisions.get("wgsl")
     if w is not None:
-        bindings = sum(w.get("chunks", [1] * len(k.params)))
+        from tgc.ir.schedule import MAX_BINDING_BYTES, MAX_CHUNKS
+
+        big = MAX_CHUNKS * MAX_BINDING_BYTES  # past this a tensor counts as one (tgc/ir/schedule.py `bindings`)
+        bindings = sum(n if 4 * p.elements <= big else 1 for n, p in zip(w.get("chunks", [1] * len(k.params)), k.params))
         if bindings > MAX_STORAGE_BUFFERS:
             raise KernelVerifyError(f"{where}: {bindings} storage bindings (WebGPU allows {MAX_STORAGE_BUFFERS})")
         if k.kind == "matmul":

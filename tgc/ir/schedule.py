@@ -435,9 +435,29 @@ MAX_BINDINGS = 8  # storage bindings a kernel may use: WebGPU's default maxStora
 MAX_BINDING_BYTES = 128 << 20  # WebGPU's default maxStorageBufferBindingSize: larger tensors take several
 
 
+MAX_CHUNKS = 2  # bindings one tensor may take: past 256 MiB (the default maxBufferSize) each binding grows
+
+
+def chunking(nbytes: int) -> tuple[int, int]:
+    """(bindings, bytes per binding but the last) for a tensor of nbytes: one binding up to
+    MAX_BINDING_BYTES, else chunks of MAX_BINDING_BYTES, or of a quarter of the tensor when
+    that is larger (a 1.6 GB logits tensor: 2 x 823 MB, which needs an adapter's higher limit)."""
+    if nbytes <= MAX_BINDING_BYTES:
+        return 1, max(nbytes, 4)
+    per = max(MAX_BINDING_BYTES, -(-nbytes // MAX_CHUNKS + 255) // 256 * 256)
+    return -(-nbytes // per), per
+
+
 def bindings(tensors) -> int:
-    """Storage bindings a kernel needs for these tensors (Nodes or TensorInfos)."""
-    return sum(-(-max(4 * math.prod(t.shape), 1) // MAX_BINDING_BYTES) for t in tensors)
+    """Storage bindings a kernel needs for these tensors (Nodes or TensorInfos), as the browser's
+    default limits count them. A tensor over MAX_CHUNKS * MAX_BINDING_BYTES counts as one: no
+    browser at default limits holds it at all, and an adapter that does (the runtime asks for
+    its higher limits) allows more bindings per stage too; the runtime checks the real count."""
+    out = 0
+    for t in tensors:
+        nbytes = 4 * math.prod(t.shape)
+        out += chunking(nbytes)[0] if nbytes <= MAX_CHUNKS * MAX_BINDING_BYTES else 1
+    return out
 
 
 def _substitute_loads(e: KExpr, values: dict[str, KExpr], memo: dict) -> KExpr:

@@ -17,6 +17,7 @@ program (one submit / one wasm call) and reads back the outputs named in `read`
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,7 @@ class Runtime:
     backend = "?"
 
     def __init__(self, artifact_dir):
+        self.opened_at = time.perf_counter()  # when opening began: products time first step / token from here
         self.dir = Path(artifact_dir)
         self.art = read_manifest(self.dir)  # the typed manifest (tgc/artifact.py)
         self.manifest = self.art.json  # the same, as plain JSON

@@ -118,6 +118,7 @@ class WebGPURuntime(Runtime):
             raise TgcError(f"{self.dir}: artifact was compiled without the wgsl target")
         self.gpu = gpu or GPU(adapter)
         biggest = max(a.buffers.values(), default=0)
+
         if biggest > self.gpu.limits.get("max-buffer-size", 1 << 62):
             raise TgcError(f"the artifact needs a {biggest / 2**20:.0f} MiB buffer; this WebGPU adapter allows "
                            f"{self.gpu.limits['max-buffer-size'] / 2**20:.0f} MiB (try --backend wasm)")  # fmt: skip
@@ -153,6 +154,18 @@ class WebGPURuntime(Runtime):
                 if k not in self._pipelines and k not in todo:
                     todo.append(k)
 
+        limit = self.gpu.limits.get("max-storage-buffer-binding-size", 1 << 62)
+        per_stage = self.gpu.limits.get("max-storage-buffers-per-shader-stage", 8)
+        for name in todo:
+            w = self.art.kernels[name].wgsl
+            if sum(w["chunks"]) > per_stage:
+                raise TgcError(f"kernel {name} of {', '.join(names)} needs {sum(w['chunks'])} storage bindings; this WebGPU "
+                               f"adapter allows {per_stage} (try --backend wasm, or a smaller batch)")
+            widest = max((b for b, n in zip(w["chunk_bytes"], w["chunks"]) if b and n > 1), default=0)
+            if widest > limit:
+                raise TgcError(f"kernel {name} of {', '.join(names)} binds {widest / 2**20:.0f} MiB at once; this WebGPU "
+                               f"adapter allows {limit / 2**20:.0f} MiB (try --backend wasm, or a smaller batch)")
+
         def make(name):
             ki = self.art.kernels[name]
             w = ki.wgsl
@@ -160,11 +173,15 @@ class WebGPURuntime(Runtime):
             return name, self.gpu.pipeline(name, src, sum(w["chunks"]), w["uniform_binding"])
 
         # pipeline creation compiles each shader in the driver: spread it over threads
-        # (wgpu-native is thread-safe and releases the GIL in these calls)
+        # (wgpu-native is thread-safe and releases the GIL in these calls); meanwhile this
+        # thread makes one round trip through the queue, which costs the first run ~0.1-2 s
+        # of one-time binding setup (cffi parsing wgpu's structs) otherwise
         n = threads or min(16, os.cpu_count() or 1)
         if n > 1 and len(todo) > 1:
             with ThreadPoolExecutor(n) as ex:
-                self._pipelines.update(ex.map(make, todo))
+                made = ex.map(make, todo)
+                self._warm_up()
+                self._pipelines.update(made)
         else:
             self._pipelines.update(make(k) for k in todo)
         for p in names:
@@ -173,14 +190,26 @@ class WebGPURuntime(Runtime):
         self.pipeline_seconds += dt
         return dt
 
+    def _warm_up(self) -> None:
+        """An empty compute pass and a 16-byte readback: the queue's first use, done early."""
+        if getattr(self, "_warm", False):
+            return
+        from tgc.artifact import Place
+
+        enc = self.gpu.device.create_command_encoder()
+        enc.begin_compute_pass().end()
+        self.gpu.queue.write_buffer(self.ubuffer, 0, bytes(self.ublock))
+        self._readback([(("warm",), Place("warm", (4,), "f32", next(iter(self.buffers)), 0))], enc)
+        self._warm = True
+
     def _bind_group(self, kernel: str, pipe_bgl, tensors, program: str):
         ki = self.art.kernels[kernel]
         w = ki.wgsl
         entries, b = [], 0
-        for t, chunks in zip(tensors, w["chunks"]):
+        for t, chunks, step in zip(tensors, w["chunks"], w["chunk_bytes"]):
             pl = self.art.place(program, t)
             buf, size = self.buffers[pl.buffer], pl.nbytes
-            step = self.art.wgsl["max_binding_bytes"]
+            step = step or size
             for c in range(chunks):
                 part = min(step, size - c * step) if chunks > 1 else size
                 entries.append({"binding": b, "resource": {"buffer": buf, "offset": pl.offset + c * step, "size": max(part, 4)}})
