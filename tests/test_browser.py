@@ -679,14 +679,38 @@ def _random_strings(n, seed=0):
     return out
 
 
+def _gpt2_style_tokenizer(text: str):
+    """A tokenizer as `tgc import` builds GPT-2's from vocab.json + merges.txt: byte-level BPE
+    (trained on `text` here: no hub), <|endoftext|> an added special token at the last id."""
+    import tempfile
+
+    from tokenizers import Tokenizer as Tk
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from tgc.tokenizer import hf_tokenizer
+
+    tk = Tk(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=767, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(tk.to_str())["model"]
+    vocab = {**model["vocab"], "<|endoftext|>": len(model["vocab"])}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        Path(d, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges), encoding="utf-8")
+        return hf_tokenizer(d)
+
+
 def test_tokenizer_parity(tiny):
     from tgc.data import load_text, split_text, tokenize_text
     from tgc.tokenizer import bpe_tokenizer, byte_tokenizer
 
     _, text = load_text("shakespeare")
     tr, _ = split_text(text)
-    toks = {"byte": byte_tokenizer(), "bpe": bpe_tokenizer(tr[:400_000], 1024)}
-    strings = _random_strings(1000)
+    toks = {"byte": byte_tokenizer(), "bpe": bpe_tokenizer(tr[:400_000], 1024), "gpt2": _gpt2_style_tokenizer(tr[:200_000])}
+    eot = "<|endoftext|>"
+    strings = _random_strings(1000) + [f"one{eot}two{eot}{eot}", f"<|endoftext| no {eot}x", f" {eot} \n{eot}"]
     corpora = json.loads((tiny.path / "site.json").read_text())["corpora"]
     assert corpora, "the site bundles no corpus"
     r = tiny.run("""
@@ -705,7 +729,7 @@ def test_tokenizer_parity(tiny):
       }
       return out;""", {"toks": {k: t.to_json() for k, t in toks.items()}, "strings": strings, "corpora": corpora})
     for kind, tok in toks.items():
-        assert r[kind]["kind"] == tok.kind
+        assert r[kind]["kind"] == tok.kind or kind == "gpt2"
         want = [tok.encode(s) for s in strings]
         bad = [i for i, (a, b) in enumerate(zip(r[kind]["strings"], want)) if a != b]
         assert not bad, f"{kind}: {len(bad)} strings differ, e.g. {strings[bad[0]]!r}: {r[kind]['strings'][bad[0]]} vs {want[bad[0]]}"
