@@ -24,20 +24,6 @@ export const WANTED_LIMITS = [
 
 const U = () => globalThis.GPUBufferUsage;
 
-// A stopgap for a compiler quirk (to go once tgc/codegen/wgsl.py emits it differently):
-// WGSL makes a constant expression that evaluates to inf or NaN a shader-creation error,
-// and Chrome's compiler (Tint) enforces it, so `bitcast<f32>(0xff800000u)` (-inf, the
-// identity of a max reduction) is refused where wgpu's naga accepts it. The bits go
-// through a function parameter instead, which is not a constant expression: the same
-// value at run time. info.wgslPatched counts the kernels this touched.
-const NONFINITE_CONST = /bitcast<f32>\((0x7f800000u|0xff800000u|0x7fc00000u)\)/g;
-
-export function tintSafe(code) {
-  if (!NONFINITE_CONST.test(code)) return [code, false];
-  NONFINITE_CONST.lastIndex = 0;
-  return [code.replace(NONFINITE_CONST, "tgc_f32_bits($1)") + "\nfn tgc_f32_bits(b: u32) -> f32 { return bitcast<f32>(b); }\n", true];
-}
-
 export async function gpuAdapter() {
   if (!("gpu" in navigator)) return { adapter: null, reason: "this browser has no WebGPU (navigator.gpu is missing; it needs a secure context: https or localhost)" };
   let adapter = null;
@@ -117,8 +103,7 @@ export class WebGPUExecutor extends Executor {
     const jobs = Object.entries(m.kernels).map(async ([name, k]) => {
       const resp = await fetch(fileUrl(k.wgsl.file));
       if (!resp.ok) throw new Error(`kernel ${name}: ${k.wgsl.file}: HTTP ${resp.status}`);
-      const [code, patched] = tintSafe(await resp.text());
-      if (patched) this.info.wgslPatched = (this.info.wgslPatched || 0) + 1;
+      const code = await resp.text();
       const entries = [];
       const chunks = k.wgsl.chunks || k.params.map(() => 1);
       let binding = 0;

@@ -387,9 +387,6 @@ def test_browser_refuses_a_32bit_or_foreign_module(tiny, tmp_path):
     assert "differs from the manifest" in err or "64-bit memory" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="tgc/codegen/wgsl.py spells -inf as the constant bitcast<f32>(0xff800000u), "
-                   "a shader-creation error in Chrome (WGSL: constant expressions must be finite); runtime/webgpu.js "
-                   "rewrites it (tintSafe). When the compiler stops emitting it, this passes: remove tintSafe and this mark.")
 def test_compiled_wgsl_is_valid_in_chrome_as_written(tiny):
     """Every kernel of the artifact, unmodified, through Chrome's WGSL compiler (shader
     modules only: cheap, unlike SwiftShader's pipeline compiles)."""

@@ -76,10 +76,17 @@ def _const(e: KExpr) -> str:
         return f"{int(e.arg)}i"
     v = float(np.float32(e.arg))
     if math.isinf(v):
-        return "bitcast<f32>(0x7f800000u)" if v > 0 else "bitcast<f32>(0xff800000u)"
+        return "tgc_f32_bits(0x7f800000u)" if v > 0 else NEG_INF
     if math.isnan(v):
-        return "bitcast<f32>(0x7fc00000u)"
+        return "tgc_f32_bits(0x7fc00000u)"
     return f"{v!r}f"
+
+
+# WGSL makes a constant expression that is inf or NaN a shader-creation error (Chrome's
+# compiler enforces it; wgpu's naga does not): non-finite values come from their bits
+# through a function parameter, which is not a constant expression.
+NEG_INF = "tgc_f32_bits(0xff800000u)"
+F32_BITS_FN = "fn tgc_f32_bits(b: u32) -> f32 { return bitcast<f32>(b); }\n"
 
 
 class Params:
@@ -158,8 +165,8 @@ class _Exprs:
 
 
 def math_functions(body: str) -> str:
-    """The tgc/ir/kmath.py functions `body` calls, as WGSL functions."""
-    out = []
+    """The tgc/ir/kmath.py functions `body` calls (and tgc_f32_bits), as WGSL functions."""
+    out = [F32_BITS_FN] if "tgc_f32_bits(" in body else []
     for op, definition in kmath.FUNCTIONS.items():
         name = f"tgc_{op.name.lower()}"
         if name + "(" in body:
@@ -219,7 +226,7 @@ def _reduce(k: Kernel, prm: Params) -> tuple[str, tuple, tuple, int]:
     per_group = WG // lanes
     (t, e), = k.outputs
     is_sum = k.reduce_op is Op.SUM
-    init = "0.0" if is_sum else "bitcast<f32>(0xff800000u)"
+    init = "0.0" if is_sum else NEG_INF
     comb = (lambda a, b: f"{a} + {b}") if is_sum else (lambda a, b: f"max({a}, {b})")
     grid = _grid(-(-k.size // per_group))
     R = k.reduce_len
