@@ -4,7 +4,8 @@
 // where it offers them, a check that the artifact fits those limits (bindings, workgroup
 // memory, invocations, buffer sizes), one GPUBuffer per manifest buffer plus the uniform
 // buffer (inside an out-of-memory error scope), then every distinct kernel's pipeline,
-// all created in parallel with createComputePipelineAsync (the time is in info.pipelineMs).
+// all created in parallel with createComputePipelineAsync (the time is in info.pipelineMs):
+// those of every program, or of opts.programs (the others on their program's first run).
 // A kernel's bind group layout is its parameters, each `chunks` storage bindings, and
 // the uniform block at uniform_binding. A program's bind groups (one per launch: entry i
 // is the buffer/offset/size of the launch's i-th tensor) are built on its first run,
@@ -102,19 +103,31 @@ export class WebGPUExecutor extends Executor {
       ex.destroy();
       throw new Error(`the GPU could not allocate this model's ${(total / 2 ** 20).toFixed(1)} MiB of buffers (${(oom || verr).message})`);
     }
-    await ex._pipelines(baseUrl);
+    ex.baseUrl = baseUrl;
+    ex.kernels = {};
+    ex.info.pipelines = 0;
+    ex.info.pipelineMs = 0;
+    await ex.prepare(opts.programs || Object.keys(manifest.programs));
     return ex;
   }
 
-  async _pipelines(baseUrl) {
-    const m = this.manifest, device = this.device;
+  /** Create the pipelines of every kernel `programs` launch that is not there yet, all at
+   * once (createComputePipelineAsync); run() prepares a program it finds unprepared. */
+  async prepare(programs) {
+    const names = [...new Set(programs.flatMap((p) => this.program(p).launches.map((l) => l[0])))].filter((k) => !this.kernels[k]);
+    if (names.length) await this._pipelines(names);
+  }
+
+  async _pipelines(names) {
+    const m = this.manifest, device = this.device, baseUrl = this.baseUrl;
     const t0 = performance.now();
     // kernels[k].wgsl.file is relative to the artifact ("kernels/k0.wgsl"); a bare name is in wgsl.dir
     const dir = new URL((m.wgsl.dir || "kernels").replace(/\/?$/, "/"), baseUrl);
     const fileUrl = (f) => new URL(f, f.includes("/") ? baseUrl : dir);
-    this.kernels = {};
     device.pushErrorScope("validation");
-    const jobs = Object.entries(m.kernels).map(async ([name, k]) => {
+    const jobs = names.map(async (name) => {
+      const k = m.kernels[name];
+      if (!k) throw new Error(`unknown kernel ${name}`);
       const resp = await fetch(fileUrl(k.wgsl.file));
       if (!resp.ok) throw new Error(`kernel ${name}: ${k.wgsl.file}: HTTP ${resp.status}`);
       const [code, patched] = tintSafe(await resp.text());
@@ -148,7 +161,7 @@ export class WebGPUExecutor extends Executor {
     if (failed) throw failed.reason;
     if (verr) throw new Error(`WebGPU validation error while creating pipelines: ${verr.message}`);
     this.info.pipelines = Object.keys(this.kernels).length;
-    this.info.pipelineMs = performance.now() - t0;
+    this.info.pipelineMs += performance.now() - t0;
   }
 
   _check() {
@@ -232,6 +245,7 @@ export class WebGPUExecutor extends Executor {
   async run(program, opts = {}) {
     this._check();
     const { prog, reads } = this.checkRun(program, opts);
+    if (!this.programs.has(program)) await this.prepare([program]);
     const plan = this._plan(program);
     for (const [n, d] of Object.entries(opts.inputs || {})) await this.write(n, d);
     const ub = this.uniformBytes(opts.uniforms || {});
