@@ -16,6 +16,7 @@
 // Leaves out: timestamp queries and several devices.
 
 import { Executor, numel, typed } from "./executor.js";
+import { gib } from "./wasm-common.js";
 
 // device limits asked for when the adapter offers more than WebGPU's defaults
 export const WANTED_LIMITS = [
@@ -66,12 +67,13 @@ export class WebGPUExecutor extends Executor {
   static fits(manifest, limits) {
     const w = manifest.wgsl || {};
     const probs = [];
-    const need = (what, have, want) => { if (want !== undefined && want > have) probs.push(`${what}: needs ${want}, the device gives ${have}`); };
+    const need = (what, have, want, fmt = String) => { if (want !== undefined && want > have) probs.push(`${what}: needs ${fmt(want)}, the device gives ${fmt(have)}`); };
     need("storage buffers per shader stage", limits.maxStorageBuffersPerShaderStage, w.max_storage_buffers);
-    need("workgroup storage bytes", limits.maxComputeWorkgroupStorageSize, w.max_workgroup_bytes);
+    need("workgroup memory", limits.maxComputeWorkgroupStorageSize, w.max_workgroup_bytes, (n) => `${n} bytes`);
     need("invocations per workgroup", limits.maxComputeInvocationsPerWorkgroup, w.max_invocations);
-    need("storage binding bytes", limits.maxStorageBufferBindingSize, w.max_binding_bytes);
-    for (const b of manifest.buffers) need(`buffer ${b.name} bytes`, limits.maxBufferSize, b.size);
+    need("storage binding size", limits.maxStorageBufferBindingSize, w.max_binding_bytes, gib);
+    const largest = manifest.buffers.reduce((a, b) => (b.size > a.size ? b : a), { size: 0 });
+    need(`buffer size (largest: ${largest.name})`, limits.maxBufferSize, largest.size, gib);
     return probs;
   }
 
