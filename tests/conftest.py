@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 # Mesa's Vulkan loader complains on stderr when this is unset (as in CI); give it a private dir.
 if not os.environ.get("XDG_RUNTIME_DIR"):
@@ -58,3 +62,39 @@ def tmp_artifact_dir(tmp_path):
     d = tmp_path / "artifact"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Artifacts and corpora go to one per-session cache (subprocesses inherit it), not ~/.cache/tgc."""
+    old = os.environ.get("TGC_CACHE_DIR")
+    os.environ["TGC_CACHE_DIR"] = str(tmp_path_factory.mktemp("tgc-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TGC_CACHE_DIR", None)
+    else:
+        os.environ["TGC_CACHE_DIR"] = old
+
+
+WORDS = [*["the", "king", "queen", "love", "night", "day", "sword", "crown", "death", "life", "sweet", "fair", "foul", "heart", "blood", "honour", "lord", "lady"],
+         *["thou", "thee", "thy", "art", "hath", "doth", "shall", "will", "not", "my", "your", "his", "her", "our", "good", "come", "go", "speak", "hear", "see"]]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    """~40 KB of pseudo-verse from the host RNG: lines of 4-9 words, speakers every few lines."""
+    from tgc import rng
+
+    r = rng.randint(7, "test-corpus", 40_000, len(WORDS))
+    n = rng.randint(7, "test-lines", 8_000, 6) + 4
+    lines, i = [], 0
+    for k, m in enumerate(n):
+        if k % 5 == 0:
+            lines.append(f"\n{WORDS[r[i % len(r)]].upper()}:")
+        lines.append(" ".join(WORDS[j] for j in r[i:i + m]).capitalize() + ",")
+        i += m
+        if i > len(r) - 10:
+            break
+    p = tmp_path_factory.mktemp("corpus") / "verse.txt"
+    p.write_text("\n".join(lines) + "\n")
+    return p

@@ -27,7 +27,7 @@ def gpt2_logits(p: dict, idx: np.ndarray, n_layer: int, n_head: int, eps: float 
     hs = C // n_head
     mask = np.tril(np.ones((T, T), bool))
     for i in range(n_layer):
-        h = lambda n: p[f"transformer.h.{i}.{n}"]
+        h = lambda n, i=i: p[f"transformer.h.{i}.{n}"]
         a = layernorm(x, h("ln_1.weight"), h("ln_1.bias"), eps)
         qkv = a @ h("attn.c_attn.weight") + h("attn.c_attn.bias")
         q, k, v = np.split(qkv, 3, axis=-1)

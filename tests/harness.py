@@ -12,29 +12,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from helpers import assert_close
 
-from tgc.compare import compare
 from tgc.compiler import WASM_HEAP_BASE, compile_programs
 from tgc.ir.kinterp import run_kernel, run_nest
 from tgc.ir.program import Program
 
 PROGRAM = "run"
-
-
-def assert_close(got, want, rtol, atol=1e-6, name=""):
-    """Shape and dtype exact; integers equal; floats within atol + rtol * max|want| (the
-    scale of the reference tensor, as tgc/compare.py measures), non-finite where want is."""
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, f"{name}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
-    if want.dtype.kind == "i":
-        np.testing.assert_array_equal(got, want, err_msg=name)
-        return
-    fin = np.isfinite(want)
-    np.testing.assert_array_equal(np.isfinite(got), fin, err_msg=f"{name}: non-finite mismatch")
-    if not fin.any():
-        return
-    row = compare(name, got[fin], want[fin], rtol, atol)
-    assert row.ok, f"{name}: max abs err {row.max_abs:.3g}, rel {row.max_rel:.3g} (rtol {rtol}, atol {atol})"
 
 
 def compile_graph(tmp_path, outputs: dict, updates: dict | None = None, target: str = "wasm", heap_base: int | None = None):

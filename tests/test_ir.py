@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gpt2_numpy import cross_entropy, gpt2_logits
+from helpers import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,16 +23,6 @@ from tgc.ir.autodiff import grad
 from tgc.ir.interp import evaluate, run_program
 from tgc.ir.passes import PIPELINE, run_passes
 from tgc.ir.verify import verify_graph, verify_program
-
-
-def assert_close(actual, expected, rtol, atol, what=""):
-    """The one comparison helper: shape exact, then max abs / max rel error reported."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    err = np.abs(actual - expected)
-    rel = err / np.maximum(np.abs(expected), 1e-300)
-    ok = err <= atol + rtol * np.abs(expected)
-    assert ok.all(), f"{what}: max abs {err.max():.3g}, max rel {rel.max():.3g} (rtol {rtol}, atol {atol})"
 
 
 def gradcheck(make, shapes, rng, positive=(), h=1e-6, rtol=1e-6, atol=1e-8, int_inputs=None):

@@ -18,8 +18,8 @@ import copy
 
 import numpy as np
 import pytest
-from harness import assert_close
 
+from helpers import assert_close
 from tgc.compiler import compile_model
 from tgc.ir import kinterp
 from tgc.ir.kernel import INF, KExpr, Region, axis, const

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from tgc import rng
 from tgc.checkpoint import (
@@ -38,40 +39,6 @@ from tgc.train import train
 
 HF_ATOL = 1e-4
 TINY = {"vocab": 256, "ctx": 32, "d": 48, "heads": 3, "layers": 2}
-WORDS = [*["the", "king", "queen", "love", "night", "day", "sword", "crown", "death", "life", "sweet", "fair", "foul", "heart", "blood", "honour", "lord", "lady"],
-         *["thou", "thee", "thy", "art", "hath", "doth", "shall", "will", "not", "my", "your", "his", "her", "our", "good", "come", "go", "speak", "hear", "see"]]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _cache_dir(tmp_path_factory):
-    """Artifacts and corpora go to a per-session cache, not the user's ~/.cache/tgc."""
-    import os
-
-    old = os.environ.get("TGC_CACHE_DIR")
-    os.environ["TGC_CACHE_DIR"] = str(tmp_path_factory.mktemp("tgc-cache"))
-    yield
-    if old is None:
-        os.environ.pop("TGC_CACHE_DIR", None)
-    else:
-        os.environ["TGC_CACHE_DIR"] = old
-
-
-@pytest.fixture(scope="session")
-def corpus_file(tmp_path_factory) -> Path:
-    """~40 KB of pseudo-verse from the host RNG: lines of 4-9 words, speakers every few lines."""
-    r = rng.randint(7, "test-corpus", 40_000, len(WORDS))
-    n = rng.randint(7, "test-lines", 8_000, 6) + 4
-    lines, i = [], 0
-    for k, m in enumerate(n):
-        if k % 5 == 0:
-            lines.append(f"\n{WORDS[r[i % len(r)]].upper()}:")
-        lines.append(" ".join(WORDS[j] for j in r[i:i + m]).capitalize() + ",")
-        i += m
-        if i > len(r) - 10:
-            break
-    p = tmp_path_factory.mktemp("corpus") / "verse.txt"
-    p.write_text("\n".join(lines) + "\n")
-    return p
 
 
 def backends():
@@ -457,7 +424,7 @@ def test_checkpoint_loads_in_transformers(trained):
     assert transformers.AutoTokenizer.from_pretrained(str(trained)).encode(text) == ids
     with torch.no_grad():
         hf_logits = model.eval()(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(_tgc_logits(trained, ids), hf_logits, atol=HF_ATOL, rtol=0)
+    assert_close(_tgc_logits(trained, ids), hf_logits, 0, HF_ATOL, "logits vs transformers")
 
 
 @pytest.mark.parametrize("activation,eps", [("gelu_new", 1e-5), ("gelu", 1e-6)])
@@ -481,7 +448,7 @@ def test_import_hf_matches_transformers(activation, eps, tmp_path):
     with torch.no_grad():
         hf_logits = model(torch.tensor([ids])).logits[0].numpy()
         hf_greedy = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
-    np.testing.assert_allclose(_tgc_logits(tmp_path / "ck", ids), hf_logits, atol=HF_ATOL, rtol=0)
+    assert_close(_tgc_logits(tmp_path / "ck", ids), hf_logits, 0, HF_ATOL, "logits vs transformers")
     g = generate(tmp_path / "ck", "Hello, world", max_new_tokens=12, temperature=0, backend="numpy")
     assert "".join(g)
     assert g.stats.token_ids == hf_greedy

@@ -2,8 +2,10 @@
 
 Proves, on the machine the tests run on, each step docs/toolchain.md describes: a SIMD128
 kernel built with llvmlite's IR builder for wasm64, linked with an imported 64-bit memory
-that the host sizes (here past 4 GiB), called through wasmtime on data beyond 4 GiB and read
-back through a zero-copy numpy view; and one WGSL compute shader run through wgpu.
+that the host sizes (here past 4 GiB), called through wasmtime -- on the engine the wasm
+runtime runs artifacts on (tgc.runtime.wasm.engine) -- on data beyond 4 GiB and read back
+through a zero-copy numpy view; and one WGSL compute shader run through the device,
+pipeline and bind-group code of the WebGPU runtime (tgc.runtime.webgpu.GPU).
 """
 
 from __future__ import annotations
@@ -113,7 +115,9 @@ def test_wasm64_simd_kernel_beyond_4gib(tmp_path):
     wasm = link(obj, tmp_path)
     t_build = time.perf_counter() - t0
 
-    engine = toolchain.wasm_memory64_engine()
+    from tgc.runtime.wasm import engine as production_engine
+
+    engine = production_engine()  # the engine artifacts run on: memory64, SIMD, Spectre hardening off
     module = wasmtime.Module(engine, wasm)
     (imp,) = [x for x in module.imports if isinstance(x.type, wasmtime.MemoryType)]
     assert (imp.module, imp.name) == ("env", "memory")
@@ -142,7 +146,9 @@ def test_wasm64_simd_kernel_beyond_4gib(tmp_path):
 def test_memory_view_bounds():
     import wasmtime
 
-    store = wasmtime.Store(toolchain.wasm_memory64_engine())
+    from tgc.runtime.wasm import engine
+
+    store = wasmtime.Store(engine())
     memory = wasmtime.Memory(store, wasmtime.MemoryType(wasmtime.Limits(1, None), is_64=True))
     assert toolchain.memory_view(memory, store, WASM_PAGE - 8, 2).shape == (2,)
     with pytest.raises(ValueError):
@@ -150,8 +156,8 @@ def test_memory_view_bounds():
 
 
 ADD_WGSL = """
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 
 @compute @workgroup_size(64)
@@ -164,30 +170,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @pytest.mark.gpu
 def test_webgpu_add_arrays():
-    import wgpu
+    """One WGSL kernel through tgc's GPU wrapper: the device with the adapter's limits, the shared
+    bind group layouts and the pipeline built as the runtime builds them, and its WGSL errors."""
+    from tgc.runtime.webgpu import GPU
 
-    adapter = wgpu.gpu.request_adapter_sync(power_preference="high-performance")
-    device = adapter.request_device_sync()
+    gpu = GPU()
     n = 1000
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
-    usage = wgpu.BufferUsage.STORAGE
-    buf_a = device.create_buffer_with_data(data=a, usage=usage)
-    buf_b = device.create_buffer_with_data(data=b, usage=usage)
-    buf_c = device.create_buffer(size=a.nbytes, usage=usage | wgpu.BufferUsage.COPY_SRC)
-    pipeline = device.create_compute_pipeline(
-        layout="auto", compute={"module": device.create_shader_module(code=ADD_WGSL), "entry_point": "main"}
-    )
-    bind_group = device.create_bind_group(
-        layout=pipeline.get_bind_group_layout(0),
-        entries=[{"binding": k, "resource": {"buffer": buf}} for k, buf in enumerate((buf_a, buf_b, buf_c))],
-    )
-    encoder = device.create_command_encoder()
+    bufs = [gpu.buffer(a.nbytes) for _ in range(3)]
+    gpu.queue.write_buffer(bufs[0], 0, a.tobytes())
+    gpu.queue.write_buffer(bufs[1], 0, b.tobytes())
+    pipeline, layout = gpu.pipeline("add", ADD_WGSL, 3, None)
+    assert gpu.bind_group_layout(3, None)[0] is layout  # one layout per binding shape, shared by kernels
+    group = gpu.device.create_bind_group(layout=layout, entries=[
+        {"binding": i, "resource": {"buffer": buf, "offset": 0, "size": buf.size}} for i, buf in enumerate(bufs)])
+    encoder = gpu.device.create_command_encoder()
     compute = encoder.begin_compute_pass()
     compute.set_pipeline(pipeline)
-    compute.set_bind_group(0, bind_group)
+    compute.set_bind_group(0, group)
     compute.dispatch_workgroups(-(-n // 64))
     compute.end()
-    device.queue.submit([encoder.finish()])
-    c = np.frombuffer(device.queue.read_buffer(buf_c), dtype=np.float32)
+    gpu.queue.submit([encoder.finish()])
+    c = np.frombuffer(gpu.queue.read_buffer(bufs[2], 0, a.nbytes), dtype=np.float32)
     np.testing.assert_array_equal(c, a + b)  # one f32 add each: exact
+    with pytest.raises(TgcError, match="WGSL error in kernel broken"):
+        gpu.pipeline("broken", ADD_WGSL.replace("a[i] + b[i]", "a[i] + q[i]"), 3, None)

@@ -20,7 +20,7 @@ import time
 import harness
 import numpy as np
 import pytest
-from harness import assert_close
+from helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import harness
 import numpy as np
 import pytest
+from helpers import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,10 +34,6 @@ from tgc.ir.program import Program
 from tgc.ir.schedule import TensorInfo, schedule
 
 FEW = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
-
-
-def assert_close(name, got, want, rtol=1e-5, atol=1e-5):
-    harness.assert_close(got, want, rtol, atol, name)
 
 
 # ---------------------------------------------------------------- harness
@@ -155,7 +152,7 @@ def test_matmul_tiles_strided_views(gpu, name, prefetch):
     got = harness.gpu_kernel(gpu, c, [arrays[t] for t in order])[order.index("C")]
     mem = {n: a.copy() for n, a in arrays.items()}
     kinterp.run_kernel(k, mem, {})
-    assert_close("C", got, mem["C"], atol=1e-5 * np.sqrt(K))
+    assert_close(got, mem["C"], 1e-5, 1e-5 * np.sqrt(K), "C")
 
 
 @pytest.mark.gpu
@@ -253,12 +250,12 @@ def test_tiny_inference_programs(tiny):
     env = {**state, **batch(c, rng)}
     got = rt.run("eval_loss", {k: env[k] for k in ("idx", "targets")})
     want, _ = run_program(c.programs["eval_loss"], env)
-    assert_close("eval_loss", got["loss"], want["loss"], atol=1e-5)
+    assert_close(got["loss"], want["loss"], 1e-5, 1e-5, "eval_loss")
 
     tokens = rng.integers(0, V, (1, T)).astype(np.int32)
     got = rt.run("forward", {"tokens": tokens})
     want, _ = run_program(c.programs["forward"], {**state, "tokens": tokens})
-    assert_close("forward logits", got["logits"], want["logits"], atol=1e-5)
+    assert_close(got["logits"], want["logits"], 1e-5, 1e-5, "forward logits")
 
     # prefill a prompt of 5 tokens, then decode two more: logits and caches match
     caches = {n: np.zeros(t["shape"], np.float32) for n, t in rt.tensors.items() if t["role"] == "kv_cache"}
@@ -267,16 +264,16 @@ def test_tiny_inference_programs(tiny):
     env = {**state, **caches, "tokens": tokens, "len": 5}
     got = rt.run("prefill", {"tokens": tokens}, {"len": 5})
     want, upd = run_program(c.programs["prefill"], env)
-    assert_close("prefill logits", got["logits"], want["logits"], atol=1e-5)
+    assert_close(got["logits"], want["logits"], 1e-5, 1e-5, "prefill logits")
     caches.update(upd)
     for pos in (5, 6):
         tok = tokens[:, pos : pos + 1]
         got = rt.run("decode_step", {"token": tok}, {"pos": pos})
         want, upd = run_program(c.programs["decode_step"], {**state, **caches, "token": tok, "pos": pos})
         caches.update(upd)
-        assert_close(f"decode_step logits at {pos}", got["logits"], want["logits"], atol=1e-5)
+        assert_close(got["logits"], want["logits"], 1e-5, 1e-5, f"decode_step logits at {pos}")
     for n, v in caches.items():
-        assert_close(n, rt.read(n), v, atol=1e-5)
+        assert_close(rt.read(n), v, 1e-5, 1e-5, n)
 
 
 @pytest.mark.gpu
@@ -295,11 +292,11 @@ def test_tiny_train_steps_match_interpreter(tiny):
         assert set(got) == {"loss"}
         want, upd = run_program(c.programs["train_step"], {**ref, **bt, **u, "step": step})
         ref.update(upd)
-        assert_close(f"loss at step {step}", got["loss"], want["loss"], rtol=1e-5, atol=1e-5)
+        assert_close(got["loss"], want["loss"], 1e-5, 1e-5, f"loss at step {step}")
         losses.append(float(got["loss"]))
     assert losses[-1] < losses[0]
     for n in ("transformer.wte.weight", "transformer.h.1.mlp.c_fc.weight", "adam_v/transformer.ln_f.bias"):
-        assert_close(n, rt.read(n), ref[n], rtol=1e-4, atol=1e-5)
+        assert_close(rt.read(n), ref[n], 1e-4, 1e-5, n)
     # an arena tensor through the manifest's places: the gradient output of the last step
     g = rt.read_tensor("train_step", c.schedules["train_step"].outputs["grad/transformer.ln_f.bias"])
     assert g.shape == (c.config["d"],) and np.isfinite(g).all()
@@ -366,7 +363,7 @@ def test_kernels_bind_at_most_eight_tensors():
     assert all(len(k.loads() | set(k.writes())) <= 8 for k in s.kernels)
     env = {f"x{i}": np.full(4, i, np.float32) for i in range(9)}
     out, _ = kinterp.run_schedule(s, env)
-    assert_close("y", out["y"], np.full(4, 36.0, np.float32))
+    assert_close(out["y"], np.full(4, 36.0, np.float32), 1e-5, 1e-5, "y")
 
 
 @pytest.mark.gpu

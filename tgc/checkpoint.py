@@ -9,24 +9,31 @@
     CKPT/loss.png                the loss curve (train.py)
 
 `transformers.GPT2LMHeadModel.from_pretrained(CKPT)` and `PreTrainedTokenizerFast(tokenizer_file=...)`
-load it as it is. Saving is atomic as a whole: every file is written to a temporary
-beside its final name and fsynced, then all are renamed with Ctrl-C held off, so an
-interrupted save leaves the previous checkpoint intact. Every file of one save carries
-the same checkpoint id, and loading refuses a directory whose files disagree. Loading
-checks everything (files present and readable, tensor names and shapes against the
-config, tokenizer vocabulary against the model's) and raises a one-line TgcError
-without touching the files. What this leaves out: sharded or non-GPT-2 layouts (only
-for import), and models whose parameters are not GPT-2's.
+load it as it is. A save is atomic as a set: it is built complete in a sibling directory and
+switched in whole (see "atomic checkpoint sets" below, and docs/usage.md), so a kill at any
+instant leaves the previous save or the new one, never a mix; every file of one save also
+carries the same checkpoint id, and loading refuses files from different saves. Loading
+checks everything (every config.json / tokenizer_config.json / trainer_state.json field by
+type and range, files present and readable, tensor names, dtypes, shapes and finiteness,
+the tokenizer's vocabulary against the model's) and raises a one-line TgcError without
+touching the files. What this leaves out: sharded or non-GPT-2 layouts (only for import),
+and models whose parameters are not GPT-2's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import math
 import os
 import re
+import shutil
 import signal
+import stat
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -101,6 +108,7 @@ def hf_config(cfg: dict, tgc: dict) -> dict:
 
 def model_config_from_hf(hf: dict, where: str) -> dict:
     """The tgc model config of a GPT2Config dict; TgcError for what gpt.tg cannot express."""
+    _validate_hf_config(hf, where)
     if hf.get("model_type") != "gpt2":
         raise TgcError(f"{where}: model_type is {hf.get('model_type')!r}; only GPT-2 ('gpt2') checkpoints are supported")
     try:
@@ -147,11 +155,44 @@ def model_source(cfg: dict, base: str | None = None) -> str:
     return src
 
 
-# ---- atomic writes
+# ---- atomic checkpoint sets
+#
+# A save is built completely in a sibling directory, <parent>/.<name>.tgc-new, every file
+# fsynced, and then switched in as a whole: on Linux by renameat2(RENAME_EXCHANGE), one
+# atomic swap of the two directories (the sibling then holds the previous save and is
+# deleted); elsewhere, or on a filesystem without it, by two renames, CKPT ->
+# .<name>.tgc-old and .<name>.tgc-new -> CKPT. A kill between those two leaves no CKPT
+# but a complete .tgc-new (it was finished before CKPT moved): `recover` (run by every
+# save and every training run) renames it in, readers load it where it is, and leftovers
+# of an interrupted save are deleted. So a kill at any instant leaves the previous
+# complete save, or the new one, and nothing that mixes the two.
+#
+# Test hooks (tests/test_robust_kill.py): TGC_TEST_KILL_AT=POINT[@N] SIGKILLs the process
+# the N-th time (default the first) a save reaches POINT: "write:<file>" after each file
+# of the new save, "written" before the switch, "exchanged" after the swap, "old-moved"
+# and "new-moved" after each rename of the two-rename switch, "saved" at the end.
+# TGC_TEST_NO_EXCHANGE=1 forces the two-rename switch.
+
+NEW_SUFFIX = ".tgc-new"
+OLD_SUFFIX = ".tgc-old"
+_HOOK_COUNTS: dict[str, int] = {}
+
+
+def _test_hook(point: str) -> None:
+    spec = os.environ.get("TGC_TEST_KILL_AT")
+    if not spec:
+        return
+    name, _, nth = spec.partition("@")
+    if name != point:
+        return
+    _HOOK_COUNTS[point] = _HOOK_COUNTS.get(point, 0) + 1
+    if _HOOK_COUNTS[point] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 @contextlib.contextmanager
 def _sigint_deferred():
-    """Hold Ctrl-C until the block ends (main thread only), so renames finish as a group."""
+    """Hold Ctrl-C until the block ends (main thread only), so a switch finishes once begun."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -165,44 +206,180 @@ def _sigint_deferred():
             raise KeyboardInterrupt
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def write_files(out: Path, files: dict[str, object]) -> None:
-    """Write {name: bytes | str | callable(path)} into `out` atomically as a group."""
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(TMP_PREFIX + "*"):
-        stale.unlink(missing_ok=True)
-    temps = []
+def sibling(out: Path, suffix: str) -> Path:
+    """Where a save of `out` is built (NEW_SUFFIX) or parked while switching (OLD_SUFFIX)."""
+    return out.parent / f".{out.name}{suffix}"
+
+
+@functools.cache
+def _renameat2():
+    if sys.platform != "linux":
+        return None
     try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    fn = None if os.environ.get("TGC_TEST_NO_EXCHANGE") else _renameat2()
+    if fn is None:
+        return False
+    if fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def current_dir(out: Path) -> Path:
+    """The directory holding `out`'s complete save: `out`, or while a two-rename switch was cut
+    short, the finished new save beside it (then the parked previous one)."""
+    if out.is_dir() or not sibling(out, OLD_SUFFIX).is_dir():
+        return out
+    new = sibling(out, NEW_SUFFIX)
+    return new if new.is_dir() else sibling(out, OLD_SUFFIX)
+
+
+def recover(out: Path) -> bool:
+    """Finish or undo an interrupted save of `out` and delete its leftovers; True if there were any."""
+    new, old = sibling(out, NEW_SUFFIX), sibling(out, OLD_SUFFIX)
+    if not (new.exists() or old.exists()):
+        return False
+    if not out.exists() and old.is_dir():
+        os.rename(new if new.is_dir() else old, out)
+        _fsync(out.parent)
+    for d in (new, old):  # what is left is the previous save, or a new one never finished
+        if d.exists():
+            shutil.rmtree(d)
+    return True
+
+
+def _switch(new: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(new, out)
+    elif _exchange(new, out):
+        _test_hook("exchanged")
+        _fsync(out.parent)
+        shutil.rmtree(new)  # now the previous save
+    else:
+        old = sibling(out, OLD_SUFFIX)
+        os.rename(out, old)
+        _test_hook("old-moved")
+        try:
+            os.rename(new, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+        _test_hook("new-moved")
+        _fsync(out.parent)
+        shutil.rmtree(old)
+    _fsync(out.parent)
+
+
+def _write(path: Path, content) -> None:
+    """One file of a save: bytes, str, or a callable that writes `path`; fsynced."""
+    if callable(content):
+        content(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+    _fsync(path)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_files(out, files: dict[str, object], drop=()) -> None:
+    """Make directory `out` hold `files` ({name: bytes | str | callable(path)}) as one atomic set.
+    Other entries already in `out` are carried over, except the names in `drop`. An OSError
+    (disk full, no permission) is a one-line TgcError and leaves `out` as it was."""
+    out = Path(out)
+    real = out.resolve() if out.is_symlink() else out
+    new = sibling(real, NEW_SUFFIX)
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        if real.exists() and not real.is_dir():
+            raise TgcError(f"{out} exists and is not a directory")
+        recover(real)
+        new.mkdir()
         for name, content in files.items():
-            tmp = out / f"{TMP_PREFIX}{name}"
-            temps.append((tmp, out / name))
-            if callable(content):
-                content(tmp)
-            else:
-                tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-            os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files 0600
-            _fsync(tmp)
+            _write(new / name, content)
+            _test_hook(f"write:{name}")
+        if real.is_dir():
+            os.chmod(new, stat.S_IMODE(real.stat().st_mode))
+            for p in real.iterdir():
+                if p.name in files or p.name in drop or p.name.startswith(TMP_PREFIX):
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.copytree(p, new / p.name, symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(p, new / p.name)
+        _fsync(new)
+        _test_hook("written")
         with _sigint_deferred():
-            for tmp, final in temps:  # config.json comes last: it names the checkpoint id
-                os.replace(tmp, final)
-            with contextlib.suppress(OSError):
-                _fsync(out)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
+            _switch(new, real)
+        _test_hook("saved")
+    except OSError as e:
+        where = f" ({Path(e.filename).name})" if e.filename else ""
+        raise TgcError(f"cannot save the checkpoint {out}: {e.strerror or e}{where}; "
+                       "the previous checkpoint is unchanged") from None
+    finally:  # a failed save leaves nothing behind, but never deletes the only complete copy
+        if new.exists() and (real.exists() or not sibling(real, OLD_SUFFIX).exists()):
+            shutil.rmtree(new, ignore_errors=True)
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """The safetensors format, written directly: an 8-byte little-endian header length, the JSON
+    header (name -> dtype F32, shape, data_offsets; __metadata__), then the data, streamed from
+    the arrays without copies, fsynced. An OSError carries its errno (ENOSPC and all)."""
+    arrays = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in tensors.items()}
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    off = 0
+    for k, a in arrays.items():
+        header[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for a in arrays.values():
+            f.write(a.reshape(-1).view(np.uint8).data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def safetensors_metadata(p: Path) -> dict:
+    """The __metadata__ of a safetensors file, from its header alone ({} if it cannot be read)."""
+    try:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > min(p.stat().st_size - 8, 1 << 27):
+                return {}
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _json(obj) -> str:
@@ -211,12 +388,12 @@ def _json(obj) -> str:
 
 def save_checkpoint(out, params: dict, config: dict, tokenizer: Tokenizer, tgc: dict | None = None,
                     optimizer: dict | None = None, state: dict | None = None, source: str | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write a checkpoint directory. `config`: vocab, ctx, d, heads, layers (+ eps, activation);
-    `tgc`: the config.json section (preset, batch, training settings, step); `optimizer` and
-    `state` (trainer_state.json) only for resumable checkpoints; `extra`: more files (loss.png)."""
-    from safetensors.numpy import save_file
-
+                    extra: dict | None = None, allow_nonfinite: bool = False) -> Path:
+    """Write a checkpoint directory as one atomic set (see "atomic checkpoint sets" above).
+    `config`: vocab, ctx, d, heads, layers (+ eps, activation); `tgc`: the config.json section
+    (preset, batch, training settings, step); `optimizer` and `state` (trainer_state.json) only
+    for resumable checkpoints; `extra`: more files (loss.png). Non-finite weights or moments are
+    refused (a diverged run must not replace a good checkpoint) unless `allow_nonfinite`."""
     out = Path(out)
     shapes = param_shapes(config)
     _check_tensors(params, shapes, "params")
@@ -233,20 +410,23 @@ def save_checkpoint(out, params: dict, config: dict, tokenizer: Tokenizer, tgc: 
                                  "clean_up_tokenization_spaces": False, "tgc_tokenizer": tokenizer.kind}),
         MODEL_SOURCE: source if source is not None else model_source(config),
     }
+    opt = {}
     if optimizer is not None:
         opt_shapes = {f"{m}/{k}": s for k, s in shapes.items() for m in ("adam_m", "adam_v")}
         _check_tensors(optimizer, opt_shapes, "optimizer")
         opt = {k: np.ascontiguousarray(optimizer[k], dtype=np.float32) for k in opt_shapes}
-        files[OPTIMIZER] = lambda p: save_file(opt, str(p), metadata=meta)
+        files[OPTIMIZER] = lambda p: write_safetensors(p, opt, meta)
+    if not allow_nonfinite:
+        for k, v in {**weights, **opt}.items():
+            if not np.isfinite(v).all():
+                raise TgcError(f"refusing to save non-finite values (tensor {k}) over the checkpoint {out}")
     if state is not None:
         files[TRAINER_STATE] = _json({**state, "checkpoint_id": cid})
     files.update(extra or {})
-    files[WEIGHTS] = lambda p: save_file(weights, str(p), metadata=meta)
+    files[WEIGHTS] = lambda p: write_safetensors(p, weights, meta)
     files[CONFIG] = _json(hf_config(config, tgc))
-    write_files(out, files)
-    if optimizer is None:  # a weights-only save must not leave an older save's resume state behind
-        for name in (OPTIMIZER, TRAINER_STATE):
-            (out / name).unlink(missing_ok=True)
+    # a weights-only save must not carry an older save's resume state along
+    write_files(out, files, drop=() if optimizer is not None else (OPTIMIZER, TRAINER_STATE))
     return out
 
 
@@ -261,6 +441,148 @@ def _check_tensors(tensors: dict, shapes: dict, what: str, where: str = "") -> N
     for k, s in shapes.items():
         if tuple(tensors[k].shape) != tuple(s):
             raise TgcError(f"{pre}tensor {k} has shape {list(tensors[k].shape)}, the config needs {list(s)}")
+
+
+# ---- validation of config.json and trainer_state.json, field by field (one-line errors)
+
+_MAX_DIM = 2**31 - 1
+_MAX_BATCH = 1 << 20
+
+
+def _show(v) -> str:
+    s = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def field_value(obj: dict, key: str, where: str, kind: str, *, required: bool = False, lo=None, hi=None,
+                gt=None, choices=None, section: str = ""):
+    """obj[key] checked to be of `kind` (int, number, str, bool, list, dict) and in range; None when
+    absent or null and not required. The error names the file, the field (`section`.key) and the value."""
+    v = obj.get(key)
+    key = f"{section}.{key}" if section else key
+    if v is None:
+        if required:
+            raise TgcError(f"{where}: '{key}' is missing")
+        return None
+    is_int = isinstance(v, int) and not isinstance(v, bool)
+    ok = {"int": is_int, "number": is_int or (isinstance(v, float) and math.isfinite(v)),
+          "str": isinstance(v, str), "bool": isinstance(v, bool), "list": isinstance(v, list),
+          "dict": isinstance(v, dict)}[kind]
+    desc = {"int": "an integer", "number": "a finite number", "str": "a string", "bool": "true or false",
+            "list": "a list", "dict": "an object"}[kind]
+    if lo is not None and hi is not None:
+        ok, desc = ok and lo <= v <= hi, f"{desc} from {lo} to {hi}"
+    elif lo is not None:
+        ok, desc = ok and v >= lo, f"{desc} >= {lo}"
+    elif hi is not None:
+        ok, desc = ok and v <= hi, f"{desc} <= {hi}"
+    if gt is not None:
+        ok, desc = ok and v > gt, f"{desc} > {gt}"
+    if ok and choices is not None:
+        ok, desc = v in choices, f"one of {', '.join(map(str, choices))}"
+    if not ok:
+        raise TgcError(f"{where}: '{key}' must be {desc}, got {_show(v)}")
+    return v
+
+
+def _validate_hf_config(hf: dict, where: str) -> None:
+    """Every GPT2Config field tgc reads, typed and in range (n_head 0 or a string epsilon is an error here)."""
+    if hf.get("model_type") != "gpt2":
+        raise TgcError(f"{where}: model_type is {_show(hf.get('model_type'))}; only GPT-2 ('gpt2') checkpoints are supported")
+    for key in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"):
+        field_value(hf, key, where, "int", required=True, lo=1, hi=_MAX_DIM)
+    field_value(hf, "n_inner", where, "int", lo=1)
+    field_value(hf, "activation_function", where, "str")
+    field_value(hf, "layer_norm_epsilon", where, "number", gt=0, hi=1)
+    for key in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "add_cross_attention", "tie_word_embeddings",
+                "reorder_and_upcast_attn", "use_cache"):
+        field_value(hf, key, where, "bool")
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):  # transformers reads them; tgc trains without dropout
+        field_value(hf, key, where, "number", lo=0, hi=1)
+    field_value(hf, "initializer_range", where, "number", lo=0)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        field_value(hf, key, where, "int", lo=0)
+    field_value(hf, "dtype", where, "str")
+    archs = field_value(hf, "architectures", where, "list")
+    if archs is not None and not all(isinstance(a, str) for a in archs):
+        raise TgcError(f"{where}: 'architectures' must be a list of class names, got {_show(archs)}")
+
+
+def validate_tgc_section(tgc: dict, where: str) -> None:
+    """config.json's "tgc" section."""
+    def f(key, kind, **kw):
+        return field_value(tgc, key, where, kind, section="tgc", **kw)
+
+    f("preset", "str", choices=presets.preset_names())
+    f("batch", "int", lo=1, hi=_MAX_BATCH)
+    f("step", "int", lo=0)
+    f("params", "int", lo=0)
+    f("activation", "str", choices=tuple(HF_ACTIVATION))
+    _tokenizer_spec(tgc, "tokenizer", where, "tgc")
+    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "backend", "imported_from"):
+        f(key, "str")
+    train = f("train", "dict") or {}
+    for key in ("beta1", "beta2", "weight_decay"):
+        field_value(train, key, where, "number", lo=0, hi=1, section="tgc.train")
+    for key in ("eps", "lr", "grad_clip"):
+        field_value(train, key, where, "number", gt=0, section="tgc.train")
+    field_value(train, "warmup", where, "int", lo=0, section="tgc.train")
+    field_value(train, "total_steps", where, "int", lo=1, section="tgc.train")
+    field_value(train, "seed", where, "int", lo=0, hi=2**32 - 1, section="tgc.train")
+
+
+def _tokenizer_spec(obj: dict, key: str, where: str, section: str = "") -> str | None:
+    from tgc.tokenizer import parse_spec
+
+    spec = field_value(obj, key, where, "str", section=section)
+    if spec is not None:
+        try:
+            parse_spec(spec)
+        except TgcError as e:
+            raise TgcError(f"{where}: '{f'{section}.' if section else ''}{key}': {e.message}") from None
+    return spec
+
+
+def _history(state: dict, key: str, where: str, step: int) -> None:
+    for item in field_value(state, key, where, "list") or ():
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int) and not isinstance(item[0], bool)
+                and 1 <= item[0] <= step and isinstance(item[1], (int, float)) and not isinstance(item[1], bool)
+                and math.isfinite(item[1])):
+            raise TgcError(f"{where}: '{key}' must be a list of [step, finite loss] pairs with steps 1..{step}, "
+                           f"found {_show(item) if not isinstance(item, list) else json.dumps(item)[:40]}")
+
+
+def validate_trainer_state(state: dict, where: str, config_step: int | None = None) -> None:
+    """trainer_state.json: everything a resumed run reads from it (`config_step`: config.json's)."""
+    step = field_value(state, "step", where, "int", required=True, lo=0)
+    if config_step is not None and step != config_step:
+        raise TgcError(f"{where}: step {step}, but config.json says step {config_step}")
+    field_value(state, "checkpoint_id", where, "str", required=True)
+    field_value(state, "preset", where, "str", choices=presets.preset_names())
+    field_value(state, "seed", where, "int", lo=0, hi=2**32 - 1)
+    field_value(state, "lr", where, "number", gt=0)
+    batch = field_value(state, "batch", where, "int", lo=1, hi=_MAX_BATCH)
+    field_value(state, "warmup", where, "int", lo=0)
+    field_value(state, "total_steps", where, "int", lo=1)
+    for key in ("corpus", "corpus_digest"):
+        field_value(state, key, where, "str")
+    _tokenizer_spec(state, "tokenizer", where)
+    # where the next batches come from: derived from step and batch, so it must agree with them
+    data = field_value(state, "data", where, "dict") or {}
+    rng_state = field_value(state, "rng", where, "dict") or {}
+    sched = field_value(state, "schedule", where, "dict") or {}
+    for key, hi in (("eval_every", None), ("ckpt_every", None), ("eval_batches", 10_000)):
+        field_value(sched, key, where, "int", lo=1, hi=hi, section="schedule")
+    field_value(data, "stream", where, "str", choices=("batches",), section="data")
+    field_value(rng_state, "val", where, "int", lo=0, section="rng")
+    for part, section, key, want in ((data, "data", "next_counter", None), (data, "data", "rows_per_step", batch),
+                                     (rng_state, "rng", "batches", None)):
+        got = field_value(part, key, where, "int", lo=0, section=section)
+        want = step * batch if want is None and batch is not None else want
+        if got is not None and want is not None and got != want:
+            raise TgcError(f"{where}: '{section}.{key}' is {got}, but step {step} with batch {batch} makes it {want}")
+    _history(state, "history", where, step)
+    _history(state, "val_history", where, step)
 
 
 # ---- loading
@@ -357,24 +679,56 @@ def read_safetensors(p: Path) -> tuple[dict[str, np.ndarray], dict]:
     return out, meta
 
 
-def load_checkpoint(path, resume: bool = False) -> Checkpoint:
-    """Read and validate a tgc checkpoint; with `resume`, also its optimizer and trainer state."""
-    d = Path(path)
+def _read_safetensors_torch(p: Path):
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise TgcError(f"{p}: bfloat16 tensors need torch installed to convert") from None
+    import torch
+
+    return {k: v.to(torch.float32).numpy() for k, v in load_file(str(p)).items()}, {}
+
+
+def _check_finite(tensors: dict, p: Path) -> None:
+    for k, v in tensors.items():
+        bad = v.size - int(np.isfinite(v).sum())
+        if bad:
+            raise TgcError(f"{p}: tensor {k} holds {bad} non-finite values (NaN or inf: a diverged run?); "
+                           "load it anyway with --allow-nonfinite (allow_nonfinite=True)")
+
+
+def load_checkpoint(path, resume: bool = False, allow_nonfinite: bool = False, check_memory=None) -> Checkpoint:
+    """Read and validate a tgc checkpoint; with `resume`, also its optimizer and trainer state.
+
+    Nothing is written. Where a save was cut short between its two renames, the complete save
+    beside the directory is read (see current_dir). Every config.json / trainer_state.json
+    field is checked, then `check_memory(config, tgc_section)` runs (the memory preflight,
+    before any tensor is read), then the files: weights and moments must be finite unless
+    `allow_nonfinite`."""
+    given = Path(path)
+    d = current_dir(given)
     if not d.is_dir():
-        raise TgcError(f"checkpoint {d} not found (a checkpoint is a directory)")
+        what = "is not a directory" if d.exists() else "not found"
+        raise TgcError(f"checkpoint {given} {what} (a checkpoint is a directory)")
     hf = _read_json(d / CONFIG)
     tgc = hf.get("tgc")
     if not isinstance(tgc, dict):
         raise TgcError(f"{d / CONFIG}: no 'tgc' section: not a tgc checkpoint (bring a Hugging Face model in with tgc import)")
     cfg = model_config_from_hf(hf, str(d / CONFIG))
+    validate_tgc_section(tgc, str(d / CONFIG))
+    if check_memory is not None:
+        check_memory(cfg, tgc)
+    _check_weights_size(d / WEIGHTS, cfg)
     cid = tgc.get("checkpoint_id")
     params, meta = read_safetensors(d / WEIGHTS)
-    _check_tensors(params, param_shapes(cfg), "model.safetensors", str(d / WEIGHTS))
+    _check_tensors(params, param_shapes(cfg), "the file", str(d / WEIGHTS))
     if "tgc_checkpoint_id" not in meta:  # e.g. re-saved by transformers (in bf16, say)
         raise TgcError(f"{d / WEIGHTS}: not written by tgc (its metadata has no checkpoint id); "
                        "bring a Hugging Face save in with tgc import")
     if meta.get("tgc_checkpoint_id") != cid:
         raise TgcError(f"{d}: model.safetensors and config.json are from different saves (an interrupted copy?)")
+    if not allow_nonfinite:
+        _check_finite(params, d / WEIGHTS)
     tok = _load_checkpoint_tokenizer(d)
     if tok.vocab_size != cfg["vocab"]:
         raise TgcError(f"{d / TOKENIZER}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {cfg['vocab']}")
@@ -387,16 +741,30 @@ def load_checkpoint(path, resume: bool = False) -> Checkpoint:
         if not (d / OPTIMIZER).exists() or not (d / TRAINER_STATE).exists():
             raise TgcError(f"{d}: no optimizer.safetensors / trainer_state.json, so it cannot be resumed "
                            "(it is a weights-only checkpoint); start a new run from it instead")
-        opt, ometa = read_safetensors(d / OPTIMIZER)
-        _check_tensors(opt, {f"{m}/{k}": s for k, s in param_shapes(cfg).items() for m in ("adam_m", "adam_v")},
-                       "optimizer.safetensors", str(d / OPTIMIZER))
         state = _read_json(d / TRAINER_STATE)
-        if ometa.get("tgc_checkpoint_id") != cid or state.get("checkpoint_id") != cid:
+        validate_trainer_state(state, str(d / TRAINER_STATE), tgc.get("step"))
+        opt, _ = read_safetensors(d / OPTIMIZER)
+        _check_tensors(opt, {f"{m}/{k}": s for k, s in param_shapes(cfg).items() for m in ("adam_m", "adam_v")},
+                       "the file", str(d / OPTIMIZER))
+        if safetensors_metadata(d / OPTIMIZER).get("tgc_checkpoint_id") != cid or state.get("checkpoint_id") != cid:
             raise TgcError(f"{d}: optimizer/trainer state and weights are from different saves")
-        if not isinstance(state.get("step"), int) or state["step"] < 0:
-            raise TgcError(f"{d / TRAINER_STATE}: bad or missing step")
+        if not allow_nonfinite:
+            _check_finite(opt, d / OPTIMIZER)
         ck.optimizer, ck.state = opt, state
     return ck
+
+
+def _check_weights_size(p: Path, cfg: dict) -> None:
+    """A config that describes far more parameters than the weights file can hold (n_layer 1e9)
+    is refused before param_shapes would build its table."""
+    from tgc.preflight import param_count
+
+    n = param_count(cfg)
+    with contextlib.suppress(OSError):
+        size = p.stat().st_size
+        if size < n:
+            raise TgcError(f"{p}: {size:,} bytes cannot hold the {n:,} parameters config.json describes "
+                           f"(n_layer {cfg['layers']}, n_embd {cfg['d']}): the files do not belong together")
 
 
 def _load_checkpoint_tokenizer(d: Path) -> Tokenizer:
@@ -405,7 +773,12 @@ def _load_checkpoint_tokenizer(d: Path) -> Tokenizer:
         raise TgcError(f"{p}: missing")
     kind = None
     if (d / TOKENIZER_CONFIG).exists():
-        kind = _read_json(d / TOKENIZER_CONFIG).get("tgc_tokenizer")
+        where = str(d / TOKENIZER_CONFIG)
+        tc = _read_json(d / TOKENIZER_CONFIG)
+        kind = _tokenizer_spec(tc, "tgc_tokenizer", where)
+        field_value(tc, "tokenizer_class", where, "str")
+        field_value(tc, "model_max_length", where, "int", lo=1)
+        field_value(tc, "clean_up_tokenization_spaces", where, "bool")
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -481,6 +854,22 @@ def _refuse_existing(out: Path, cfg: dict) -> None:
     raise TgcError(f"{out} already holds a checkpoint; nothing was changed: import into a new directory")
 
 
+def check_import_target(src: Path, out: Path) -> None:
+    """An import writes a new directory: never the source itself or a directory inside it, and
+    never over files that are already there (a checkpoint's optimizer state included)."""
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise TgcError(f"-o {out} is {'the source' if o == s else 'inside the source'} {src}; import never writes "
+                       "into its own source: choose a new directory")
+    if out.exists() and not out.is_dir():
+        raise TgcError(f"-o {out} exists and is not a directory")
+    if (out / CONFIG).exists():
+        return  # a checkpoint already: refused once its shape is known (_refuse_existing)
+    if out.exists() and any(out.iterdir()):
+        raise TgcError(f"-o {out} is not empty and is not a tgc checkpoint; nothing was changed: import into a new "
+                       "or empty directory")
+
+
 def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = None) -> Path:
     """Bring a Hugging Face GPT-2 directory (save_pretrained's output) in as a tgc checkpoint.
 
@@ -488,10 +877,12 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
     match is recorded, else the checkpoint's config stands on its own. The batch recorded is
     `batch`, else 1: an import holds weights only (it cannot be resumed), generation runs
     at batch 1, and the batch sizes only train_step, which is compiled into the same
-    artifact (for GPT-2 124M: 3.8 GiB of wasm memory at batch 1, 10.6 GiB at 4). GPT-2's released checkpoints use the tanh GELU ("gelu_new"): the
-    checkpoint's model.tg is then gpt.tg with gelu_tanh in the MLP (likewise a non-default
-    layer_norm_epsilon), so compiling it reproduces the HF model's arithmetic."""
+    artifact (GPT-2 124M plans 3.8 GiB at batch 1, 10.75 GiB at 4). GPT-2's released
+    checkpoints use the tanh GELU ("gelu_new"): the checkpoint's model.tg is then gpt.tg
+    with gelu_tanh in the MLP (likewise a non-default layer_norm_epsilon), so compiling it
+    reproduces the HF model's arithmetic."""
     src, out = Path(src_dir), Path(out_dir)
+    check_import_target(src, out)
     if not src.is_dir():
         raise TgcError(f"{src}: not a directory (expected a Hugging Face GPT-2 save_pretrained directory)")
     hf = _read_json(src / CONFIG)

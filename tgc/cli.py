@@ -24,30 +24,40 @@ def _fmt_bytes(n: int) -> str:
 
 
 def cmd_check(a) -> int:
-    from tgc.frontend import check, parse_file
+    """Everything `tgc compile` rejects for names, shapes or types, without compiling: parse,
+    check, then lower the entry points exactly as the program builder does (loss on a
+    [batch, ctx] batch, logits on a window and on one token) with the preset's sizes."""
+    from tgc import presets
+    from tgc.frontend import check, check_entry_points, load_model, parse_file
 
     path = Path(a.model)
-    if not path.exists():
+    if not path.is_file():
         raise TgcError(f"model file not found: {path}")
     module = parse_file(path)
     check(module)
-    # shapes are checked by lowering with a preset's sizes (tiny unless asked otherwise)
-    from tgc import presets
-    from tgc.frontend import load_model
-    from tgc.ir import build
-
     p = presets.get_preset(a.preset)
     model = load_model(module, presets.model_config(p), filename=str(path))
-    B, T = int(p["batch"]), int(model.config.get("ctx", 1))
-    for fn in ("loss",) if "loss" in model.functions else ():
-        model.call(fn, build.input("idx", (B, T), "i32"), build.input("targets", (B, T), "i32"))
+    check_entry_points(model, int(p["batch"]))
     print(f"{path}: ok ({a.preset}: {len(model.params)} parameter tensors)")
     return 0
+
+
+def _check_artifact_out(out: Path) -> None:
+    """`compile -o` writes into an absent or empty directory, or over an earlier artifact; never over other files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TgcError(f"-o {out} exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not (out / "manifest.json").is_file():
+        raise TgcError(f"-o {out} is not empty ({entries[0]}{' ...' if len(entries) > 1 else ''}) and is not a tgc "
+                       "artifact; tgc never writes over other files: choose a new or empty directory")
 
 
 def cmd_compile(a) -> int:
     from tgc.compiler import compile_model
 
+    _check_artifact_out(Path(a.out))
     c = compile_model(a.model, a.preset, a.out, a.dump, targets=tuple(a.targets.split(",")) if a.targets else ("wgsl", "wasm"))
     r = c.plan.reports["train_step"]
     print(f"compiled {c.preset} ({sum(_prod(p.shape) for p in c.params):,} parameters) -> {a.out}")
@@ -74,7 +84,7 @@ def cmd_train(a) -> int:
     r = train(
         preset=a.preset, corpus=a.corpus, steps=a.steps, out=a.out, backend=a.backend, resume=a.resume, seed=a.seed,
         lr=a.lr, batch=a.batch, tokenizer=a.tokenizer, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
-        model_path=a.model, warmup=a.warmup,
+        model_path=a.model, warmup=a.warmup, progress=sys.stderr.isatty(),
     )
     return 130 if getattr(r, "interrupted", False) else 0
 
@@ -84,7 +94,7 @@ def cmd_generate(a) -> int:
 
     g = generate(
         a.ckpt, a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-        seed=a.seed, kv_cache=not a.no_kv_cache, backend=a.backend,
+        seed=a.seed, kv_cache=not a.no_kv_cache, backend=a.backend, allow_nonfinite=a.allow_nonfinite,
     )
     sys.stdout.write(a.prompt)
     for piece in g:  # tokens stream as they are produced
@@ -116,6 +126,27 @@ def cmd_import(a) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's default in --help, where it has one (None and flags have none to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, "", argparse.SUPPRESS) and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`error: ...`, exit 2) and defaults shown in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def cmd_bundle(a) -> int:
     from tgc.bundle import bundle
 
@@ -133,63 +164,78 @@ def cmd_serve(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tgc.presets import default_model_path
+    from tgc import __version__
+    from tgc.presets import default_model_path, preset_names, train_defaults
+    from tgc.runtime import BACKENDS
 
-    p = argparse.ArgumentParser(prog="tgc", description="TinyGPT Compiler: a GPT in a small DSL compiled to WGSL and Memory64 WebAssembly.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    backend_help = "auto takes WebGPU on a real GPU, else WebAssembly; numpy is the exact, slow reference"
 
-    s = sub.add_parser("check", help="parse and check a model file")
-    s.add_argument("model")
-    s.add_argument("--preset", default="tiny", help="sizes to check shapes with (default tiny)")
+    names = preset_names()
+    ladder = ", ".join(names)
+    p = _Parser(prog="tgc", description="TinyGPT Compiler: a GPT in a small DSL compiled to WGSL and Memory64 "
+                f"WebAssembly. Presets, smallest to largest: {ladder}.")
+    p.add_argument("--version", action="version", version=f"tgc {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    model = str(default_model_path())
+
+    s = sub.add_parser("check", help="parse and check a model file (everything compile checks but code generation)")
+    s.add_argument("model", help="the .tg model file")
+    s.add_argument("--preset", default="tiny", choices=names, metavar="PRESET",
+                   help=f"sizes to check shapes with: {ladder}")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("compile", help="compile a model to an artifact directory")
-    s.add_argument("model")
-    s.add_argument("--preset", required=True)
-    s.add_argument("-o", "--out", required=True)
+    s.add_argument("model", help="the .tg model file")
+    s.add_argument("--preset", required=True, choices=names, metavar="PRESET", help=f"one of: {ladder}")
+    s.add_argument("-o", "--out", required=True, help="artifact directory (absent, empty, or an earlier artifact)")
     s.add_argument("--dump", help="write every pipeline stage (.ast, .ir, .kir, .wgsl, .ll) here")
     s.add_argument("--targets", default=None, help="comma-separated: wgsl,wasm (default both)")
     s.set_defaults(fn=cmd_compile)
 
     s = sub.add_parser("train", help="train a preset on a corpus")
-    s.add_argument("--preset", help="model size (default tiny; from the checkpoint with --resume)")
-    s.add_argument("--corpus", help="shakespeare (default), python, or a text file")
+    s.add_argument("--preset", choices=names, metavar="PRESET",
+                   help=f"model size, one of: {ladder} (tiny for a new run; from the checkpoint with --resume)")
+    s.add_argument("--corpus", help="shakespeare (the default for a new run), python, or a UTF-8 text file")
     s.add_argument("--steps", type=int, required=True, help="total steps the LR schedule plans for")
-    s.add_argument("--out", required=True, help="checkpoint directory")
-    s.add_argument("--backend", default="auto", choices=["auto", "webgpu", "wasm", "numpy"])
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--lr", type=float, help="peak learning rate (default from presets.toml)")
-    s.add_argument("--warmup", type=int, help="warmup steps")
-    s.add_argument("--batch", type=int, help="override the preset's batch size")
-    s.add_argument("--tokenizer", help="byte (default) or bpe:N")
-    s.add_argument("--eval-every", type=int)
-    s.add_argument("--ckpt-every", type=int)
-    s.add_argument("--model", default=str(default_model_path()))
+    s.add_argument("--out", required=True,
+                   help="checkpoint directory: absent or empty for a new run, a checkpoint with --resume")
+    s.add_argument("--backend", default="auto", choices=BACKENDS, help=backend_help)
+    s.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    s.add_argument("--seed", type=int, help="weights and batches (0 for a new run; 0 <= seed < 2**32)")
+    s.add_argument("--lr", type=float, help=f"peak learning rate ({train_defaults()['lr']:g} for a new run; may be "
+                   "lowered on --resume)")
+    s.add_argument("--warmup", type=int, help=f"warmup steps ({train_defaults()['warmup_steps']}, or a tenth of the run "
+                   "if shorter)")
+    s.add_argument("--batch", type=int, help="batch size (the preset's)")
+    s.add_argument("--tokenizer", help="byte (the default for a new run) or bpe:N")
+    s.add_argument("--eval-every", type=int, help="steps between validation losses (a tenth of the run, at most 500)")
+    s.add_argument("--ckpt-every", type=int, help="steps between checkpoints (a quarter of the run, at most 1000)")
+    s.add_argument("--model", default=model, help="the DSL model file")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("generate", help="generate text from a checkpoint")
-    s.add_argument("ckpt")
-    s.add_argument("--prompt", default="")
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-kv-cache", action="store_true")
-    s.add_argument("--backend", default="auto", choices=["auto", "webgpu", "wasm", "numpy"])
+    s.add_argument("ckpt", help="checkpoint directory")
+    s.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
+    s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    s.add_argument("--top-k", type=int, default=None, help="keep the K most likely tokens (K >= 1; default all)")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default off)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed and prompt give the same text")
+    s.add_argument("--no-kv-cache", action="store_true", help="recompute the whole window for every token")
+    s.add_argument("--backend", default="auto", choices=BACKENDS, help=backend_help)
+    s.add_argument("--allow-nonfinite", action="store_true", help="load weights that hold NaN or inf")
     s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("parity", help="run the same programs on WebGPU, WebAssembly (and numpy) and compare")
-    s.add_argument("--preset", required=True)
-    s.add_argument("--steps", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--model", default=str(default_model_path()))
+    s.add_argument("--preset", required=True, choices=names, metavar="PRESET", help=f"one of: {ladder}")
+    s.add_argument("--steps", type=int, default=1, help="training steps whose losses are compared")
+    s.add_argument("--seed", type=int, default=0, help="weights and batches")
+    s.add_argument("--model", default=model, help="the DSL model file")
     s.set_defaults(fn=cmd_parity)
 
     s = sub.add_parser("import", help="import a Hugging Face GPT-2 directory as a tgc checkpoint")
-    s.add_argument("src")
-    s.add_argument("-o", "--out", required=True)
+    s.add_argument("src", help="a save_pretrained directory")
+    s.add_argument("-o", "--out", required=True, help="a new or empty directory (never the source)")
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")

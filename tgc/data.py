@@ -5,7 +5,7 @@ Corpora (`--corpus NAME|FILE`):
                "SPEAKER:\\nline\\n..." text, plays in sorted file order (about 5 MB)
   python       the .py files of the running Python's standard library (site-packages
                excluded), concatenated in sorted path order
-  FILE         any UTF-8 text file (invalid bytes become U+FFFD)
+  FILE         any UTF-8 text file (a few invalid bytes become U+FFFD; a binary file is refused)
 The extracted text of a named corpus is cached under $TGC_CACHE_DIR (default ~/.cache/tgc).
 
 Split: the last 10% of the text by bytes (moved forward to the next line start) is the
@@ -117,9 +117,15 @@ def load_text(corpus: str) -> tuple[str, str]:
     if p.is_dir():
         raise TgcError(f"corpus {corpus!r} is a directory, not a text file")
     try:
-        text = p.read_bytes().decode("utf-8", errors="replace")
+        raw = p.read_bytes()
     except OSError as e:
         raise TgcError(f"cannot read corpus {corpus}: {e.strerror or e}") from None
+    text = raw.decode("utf-8", errors="replace")
+    invalid = text.count("\ufffd") - raw.count("\ufffd".encode())
+    nul = raw.count(b"\0")
+    if invalid + nul > max(8, len(raw) // 1000):  # a stray bad byte is replaced; a binary file is refused
+        raise TgcError(f"corpus {corpus} is not UTF-8 text ({invalid:,} invalid and {nul:,} NUL bytes in "
+                       f"{len(raw):,}; a binary file?)")
     if not text.strip():
         raise TgcError(f"corpus {corpus} is empty")
     return str(p), text

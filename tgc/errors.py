@@ -2,7 +2,9 @@
 
 Every error a user can cause (bad DSL, bad shapes, unknown preset, corrupt or
 missing files, too little memory) is a TgcError; the command line prints
-`str(err)` and exits 2. Anything else escaping is a bug in tgc.
+`str(err)` and exits 2. `str(err)` is one line (a message that wraps a library's
+multi-line error is joined into one), followed for DSL errors by the offending
+source line and a caret. Anything else escaping is a bug in tgc.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ class TgcError(Exception):
         self.loc = loc
 
     def __str__(self) -> str:
+        # one line whatever the message holds (a wrapped library error can span several)
+        msg = " ".join(line.strip() for line in str(self.message).splitlines() if line.strip())
         if self.loc is None:
-            return f"error: {self.message}"
-        s = f"{self.loc}: error: {self.message}"
+            return f"error: {msg}"
+        s = f"{self.loc}: error: {msg}"
         if self.loc.text:
             s += f"\n    {self.loc.text.rstrip()}\n    {' ' * (self.loc.col - 1)}^"
         return s

@@ -27,15 +27,16 @@ tokens_per_s counts new tokens only (the prompt is not counted) over the whole c
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from tgc import rng
-from tgc.artifacts import runtime_for
 from tgc.checkpoint import load_checkpoint
 from tgc.errors import TgcError
+from tgc.preflight import checked_runtime, estimate, require
 from tgc.tokenizer import StreamDecoder
 
 
@@ -93,12 +94,19 @@ class Generation:
         return "".join(self)
 
 
-def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward")):
+def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward"),
+                            allow_nonfinite: bool = False):
     """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
-    its config, ready to run `programs` without delay."""
-    ck = load_checkpoint(ckpt)
-    overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch", 1))}
-    rt, _ = runtime_for(ck.source, ck.tgc.get("preset"), overrides, backend, log=log, programs=programs)
+    its config, ready to run `programs` without delay. The memory a generation needs is checked
+    against what is available before the weights are read (from the config) and again before the
+    runtime opens (from the compiled plan)."""
+    def memory(cfg, section):
+        require(estimate(cfg, 1, "generate", f"generating from {ckpt}"), log)
+
+    ck = load_checkpoint(ckpt, allow_nonfinite=allow_nonfinite, check_memory=memory)
+    overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch") or 1)}
+    rt = checked_runtime(ck.source, ck.tgc.get("preset"), overrides, backend, "generate", f"generating from {ckpt}",
+                         log, str(ck.path / "model.tg"), programs)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -111,19 +119,38 @@ def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("pr
     return ck, rt
 
 
+def validate_options(prompt, max_new_tokens, temperature, top_k, top_p, seed, backend) -> None:
+    """Every argument generate() takes, checked before the checkpoint is read."""
+    if not isinstance(prompt, str):
+        raise TgcError(f"the prompt must be text, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable bytes from the command line arrive as lone surrogates
+        raise TgcError(f"the prompt is not valid UTF-8 text (a byte that is not UTF-8 at character {e.start})") from None
+    for name, v, lo, hi in (("max-new-tokens", max_new_tokens, 0, 10**7), ("seed", seed, 0, 2**32 - 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise TgcError(f"--{name} must be an integer from {lo} to {hi}, got {v!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise TgcError(f"--temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise TgcError(f"--top-k must be an integer >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise TgcError(f"--top-p must be in (0, 1], got {top_p!r}")
+    from tgc.runtime import BACKENDS
+
+    if backend not in BACKENDS:
+        raise TgcError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+
+
 def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
              top_p: float | None = None, seed: int = 0, kv_cache: bool = True, backend: str = "auto",
-             slide: bool = True, log=None) -> Generation:
+             slide: bool = True, log=None, allow_nonfinite: bool = False) -> Generation:
     """Stream up to `max_new_tokens` new tokens after `prompt` from checkpoint directory `ckpt`."""
-    if max_new_tokens < 0:
-        raise TgcError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise TgcError(f"--temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise TgcError(f"--top-p must be in (0, 1], got {top_p}")
+    validate_options(prompt, max_new_tokens, temperature, top_k, top_p, seed, backend)
     # the first token needs prefill only (or forward): decode_step's pipelines are built at its
     # first run, after the first token is out
-    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",))
+    ck, rt = open_checkpoint_runtime(ckpt, backend, log, ("prefill",) if kv_cache else ("forward",), allow_nonfinite)
     ctx = ck.config["ctx"]
     tok = ck.tokenizer
     eos = ck.config.get("eos_token_id")

@@ -12,13 +12,21 @@ same --steps). Every `eval_every` steps the mean eval_loss over a fixed set of
 `eval_batches` validation batches is logged; every `ckpt_every` steps, at the end and on
 Ctrl-C (first press: finish the step, save, stop; second press: stop at once) a
 checkpoint is written (tgc/checkpoint.py) with loss.png beside it.
+
+Nothing is lost: every option is checked before anything is read; --out must be absent,
+empty, or (resuming) a checkpoint, and writable before the first step; the memory a run
+needs is stated, and refused when it exceeds what is available, before allocating
+(tgc/preflight.py); a non-finite loss or weight stops the run (Diverged) without saving,
+so the last checkpoint is the last finite one.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from tgc import presets
-from tgc.artifacts import runtime_for
-from tgc.checkpoint import CONFIG, load_checkpoint, save_checkpoint
+from tgc.checkpoint import CONFIG, load_checkpoint, recover, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
+from tgc.preflight import checked_runtime, estimate, fmt_bytes, param_count, require
 
 DEFAULT_EVAL_BATCHES = 8
 
@@ -71,19 +79,103 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self.old)
 
 
-def _settings(resume_state: dict | None, given: dict, defaults: dict) -> dict:
-    """Run settings: from the checkpoint on resume (a conflicting explicit value is an error), else given or default."""
+CHANGEABLE_ON_RESUME = ("lr",)  # a resumed run may lower the learning rate (after a divergence, say)
+
+
+def _settings(resume_state: dict | None, given: dict, defaults: dict, log=None) -> dict:
+    """Run settings: from the checkpoint on resume (a conflicting explicit value is an error, but for
+    the learning rate, which may change with a note), else given or default."""
     out = {}
     for k, v in given.items():
         if resume_state is not None:
             have = resume_state.get(k)
             if v is not None and have is not None and v != have:
-                raise TgcError(f"the checkpoint was trained with {k} {have!r}, not {v!r}; leave the option out "
-                               "to resume, or start a new run in another --out directory")
+                if k in CHANGEABLE_ON_RESUME:
+                    if log:
+                        log(f"note: {k} changes from {have!r} to {v!r} at step {resume_state['step']}")
+                    have = v
+                else:
+                    raise TgcError(f"the checkpoint was trained with {k} {have!r}, not {v!r}; leave the option out "
+                                   "to resume, or start a new run in another --out directory")
             out[k] = have if have is not None else (v if v is not None else defaults.get(k))
         else:
             out[k] = v if v is not None else defaults.get(k)
     return out
+
+
+def _int_option(name: str, v, lo: int, hi: int | None = None, optional: bool = True) -> None:
+    if v is None and optional:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+        raise TgcError(f"--{name} must be {rng}, got {v!r}")
+
+
+def validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batches, seed, stop_at, tokenizer,
+                     preset, backend) -> None:
+    """Every number and name train() takes, checked before anything is read or compiled."""
+    _int_option("steps", steps, 1, 10**9, optional=False)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
+        raise TgcError(f"--lr must be a positive finite number, got {lr!r}")
+    _int_option("batch", batch, 1, 1 << 20)
+    _int_option("warmup", warmup, 0)
+    _int_option("eval-every", eval_every, 1)
+    _int_option("ckpt-every", ckpt_every, 1)
+    _int_option("eval-batches", eval_batches, 1, 10_000)
+    _int_option("seed", seed, 0, 2**32 - 1)
+    _int_option("stop-at", stop_at, 1)
+    if tokenizer is not None:
+        from tgc.tokenizer import parse_spec
+
+        parse_spec(tokenizer)
+    if preset is not None:
+        presets.get_preset(preset)
+    from tgc.runtime import BACKENDS
+
+    if backend not in BACKENDS:
+        raise TgcError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def check_new_out(out: Path) -> None:
+    """A new run's --out must be absent or an empty directory: a checkpoint needs --resume, and a
+    directory of anything else is the user's, never overwritten."""
+    if not out.exists():
+        if out.is_symlink():
+            raise TgcError(f"--out {out} is a dangling symbolic link")
+        return
+    if not out.is_dir():
+        raise TgcError(f"--out {out} exists and is not a directory")
+    if (out / CONFIG).exists():
+        raise TgcError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+    try:
+        entries = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise TgcError(f"cannot read --out {out}: {e.strerror or e}") from None
+    if entries:
+        more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+        raise TgcError(f"--out {out} is not empty ({entries[0]}{more}) and is not a tgc checkpoint; "
+                       "tgc never writes over other files: choose a new or empty directory")
+
+
+def check_writable(out: Path, need_bytes: int) -> None:
+    """Before the first step: the checkpoint's parent takes a new directory (a save is built beside
+    `out` and switched in), and its disk has room for one save."""
+    out = out.resolve() if out.is_symlink() else out
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.tgc-probe-", dir=parent))
+        try:
+            (probe / "probe").write_bytes(b"x")
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+        free = shutil.disk_usage(parent).free
+    except OSError as e:
+        raise TgcError(f"cannot write checkpoints to {out}: {e.strerror or e}"
+                       + (f" ({e.filename})" if e.filename else "")) from None
+    if need_bytes > free:
+        raise TgcError(f"a checkpoint of this model takes about {fmt_bytes(need_bytes)}, but the disk holding "
+                       f"{out} has {fmt_bytes(free)} free")
 
 
 def loss_curve_png(history: list, val_history: list, title: str) -> bytes | None:
@@ -129,30 +221,48 @@ def _write_state(rt, params: dict[str, np.ndarray], optimizer: dict[str, np.ndar
         rt.write(name, np.asarray(value, dtype=np.float32))
 
 
+class Diverged(TgcError):
+    """A non-finite loss, gradient norm or weight: the run stops and saves nothing."""
+
+
 def train(preset: str | None = None, corpus: str | None = None, steps: int = 1000, out="runs/ckpt",
           backend: str = "auto", resume: bool = False, seed: int | None = None, lr: float | None = None,
           batch: int | None = None, tokenizer: str | None = None, eval_every: int | None = None,
-          eval_batches: int = DEFAULT_EVAL_BATCHES, ckpt_every: int | None = None, model_path=None,
+          eval_batches: int | None = None, ckpt_every: int | None = None, model_path=None,
           warmup: int | None = None, stop_at: int | None = None, progress: bool = True, log=print) -> TrainResult:
     """Train (or, with `resume`, continue) a model; `steps` is the total the schedule plans for.
     None means: from the checkpoint when resuming, else the default (preset tiny, corpus
     shakespeare, seed 0, lr and warmup from presets.toml, the preset's batch, byte tokenizer).
-    `stop_at` ends the run after that step as Ctrl-C would (a resumable checkpoint)."""
+    `stop_at` ends the run after that step as Ctrl-C would (a resumable checkpoint).
+
+    Before the first step: every option is checked, --out must be absent or empty (or, with
+    `resume`, a checkpoint), its parent writable with room for a save, and the model's memory
+    need (estimated, then from the compiled plan) must fit. A non-finite loss or weight stops
+    the run with Diverged and leaves the last finite checkpoint as it was."""
     out = Path(out)
-    if steps < 1:
-        raise TgcError(f"--steps must be at least 1, got {steps}")
+    validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batches, seed, stop_at, tokenizer,
+                     preset, backend)
     log = log or (lambda *a: None)
+    try:
+        if recover(out.resolve() if out.is_symlink() else out):
+            log(f"note: finished or removed an interrupted save of {out}")
+    except OSError as e:
+        raise TgcError(f"cannot clean up an interrupted save of {out}: {e.strerror or e}") from None
     ck = None
     if resume:
-        ck = load_checkpoint(out, resume=True)
-    elif (out / CONFIG).exists():
-        raise TgcError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+        def memory(cfg, section):
+            b = batch or section.get("batch") or 1
+            require(estimate(cfg, b, "train", f"training {section.get('preset') or 'this model'} (batch {b})"), log)
+
+        ck = load_checkpoint(out, resume=True, check_memory=memory)
+    else:
+        check_new_out(out)
     defaults = presets.train_defaults()
     given = {"preset": preset, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "lr": lr, "batch": batch,
              "warmup": warmup}
     s = _settings(ck.state if ck else None, given,
                   {"preset": "tiny", "corpus": "shakespeare", "tokenizer": "byte", "seed": 0, "lr": defaults["lr"],
-                   "warmup": min(defaults["warmup_steps"], max(1, steps // 10))})
+                   "warmup": min(defaults["warmup_steps"], max(1, steps // 10))}, log)
     p = presets.get_preset(s["preset"])
     s["batch"] = int(s["batch"] or p["batch"])
     if ck is not None and ck.state.get("total_steps") not in (None, steps):
@@ -172,15 +282,27 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
             raise TgcError(f"checkpoint config {ck.compile_config} does not match preset {s['preset']} {config}")
         source = ck.source
         model_file = ck.tgc.get("model_origin", "gpt.tg")
+        filename = str(ck.path / "model.tg")
     else:
         mp = Path(model_path) if model_path else presets.default_model_path()
-        if not mp.exists():
+        if not mp.is_file():
             raise TgcError(f"model file not found: {mp}")
-        source, model_file = mp.read_text(), mp.name
+        try:
+            source = mp.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TgcError(f"cannot read the model file {mp}: {e}") from None
+        model_file, filename = mp.name, str(mp)
     B, T = s["batch"], config["ctx"]
+    what = f"training {s['preset']} (batch {B})"
+    need = estimate(config, B, "train", what)
+    if ck is None:
+        require(need, log)
+    n_params = param_count(config) if need is not None else 0
+    check_writable(out, 3 * 4 * n_params + 4 * (len(data.val) + 1024))
 
     t0 = time.perf_counter()
-    rt, _ = runtime_for(source, s["preset"], {**config, "batch": B}, backend, log=log, programs=("train_step", "eval_loss"))
+    rt = checked_runtime(source, s["preset"], {**config, "batch": B}, backend, "train", what, log, filename,
+                         ("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
     rt.init_state(s["seed"])
     start = 0
@@ -192,20 +314,36 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     log(f"{s['preset']}: {config} batch {B}, {data.name} ({len(data.train):,} training / {len(data.val):,} "
         f"validation tokens, tokenizer {tok.kind}), backend {backend_name}, ready in {time.perf_counter() - t0:.1f}s")
 
-    eval_every = eval_every or min(500, max(1, steps // 10))
-    ckpt_every = ckpt_every or min(1000, max(1, steps // 4))
-    val_set = [data.val_batch(s["seed"], i, B, T) for i in range(max(1, eval_batches))]
+    # when to evaluate and save: given, else the checkpoint's (so a resumed run logs what the whole run would), else
+    # from the run's length; these change no weight, so a resumed run may change them
+    saved_sched = (ck.state.get("schedule") or {}) if ck is not None else {}
+    eval_every = eval_every or saved_sched.get("eval_every") or min(500, max(1, steps // 10))
+    ckpt_every = ckpt_every or saved_sched.get("ckpt_every") or min(1000, max(1, steps // 4))
+    eval_batches = eval_batches or saved_sched.get("eval_batches") or DEFAULT_EVAL_BATCHES
+    val_set = [data.val_batch(s["seed"], i, B, T) for i in range(eval_batches)]
     param_names = [t["name"] for t in rt.manifest["tensors"] if t["role"] == "parameter"]
     moment_names = [t["name"] for t in rt.manifest["tensors"] if t["role"] == "optimizer_state"]
     uniforms = {"lr": np.float32(s["lr"]), "warmup": np.float32(s["warmup"]), "total_steps": np.float32(steps)}
+    reads = ["loss"] + (["grad_norm"] if "grad_norm" in rt.manifest["programs"]["train_step"]["outputs"] else [])
+    saved = start if ck is not None else None  # the step of the last checkpoint on disk
+
+    def diverged(step: int, what: str) -> Diverged:
+        kept = (f"the last finite checkpoint, step {saved}, is kept in {out}" if saved is not None
+                else "no checkpoint was written")
+        return Diverged(f"training diverged at step {step}: {what}; {kept}; lower the learning rate "
+                        f"(--lr, now {s['lr']:g}) and resume, or start again")
 
     def evaluate() -> float:
         losses = [float(rt.run("eval_loss", inputs={"idx": i, "targets": t}, read=["loss"])["loss"]) for i, t in val_set]
         return float(np.mean(losses))
 
     def save(step: int) -> None:
+        nonlocal saved
         params = {n: rt.read(n) for n in param_names}
         moments = {n: rt.read(n) for n in moment_names}
+        for n, v in {**params, **moments}.items():
+            if not np.isfinite(v).all():
+                raise diverged(step, f"{n} holds non-finite values")
         tgc = {"preset": s["preset"], "batch": B, "step": step, "corpus": data.name, "tokenizer": tok.kind,
                "model_origin": model_file, "backend": backend_name,
                "train": {**{k: defaults[k] for k in ("beta1", "beta2", "eps", "weight_decay", "grad_clip")},
@@ -213,10 +351,12 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
         state = {**s, "step": step, "total_steps": steps, "corpus_digest": data.digest,
                  "data": {"stream": "batches", "next_counter": step * B, "rows_per_step": B},
                  "rng": {"batches": step * B, "val": len(val_set) * B},
+                 "schedule": {"eval_every": eval_every, "ckpt_every": ckpt_every, "eval_batches": eval_batches},
                  "history": history, "val_history": val_history}
         png = loss_curve_png(history, val_history, f"{s['preset']} on {data.name} ({tok.kind}), step {step}")
         save_checkpoint(out, params, {**config, "activation": "gelu"}, tok, tgc, optimizer=moments, state=state,
                         source=source, extra={"loss.png": png} if png else None)
+        saved = step
 
     from tqdm import tqdm
 
@@ -232,18 +372,21 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
             while step < end and not flag.stop:
                 idx, targets = data.batch(s["seed"], step + 1, B, T)
                 outs = rt.run("train_step", inputs={"idx": idx, "targets": targets},
-                              uniforms={"step": np.float32(step + 1), **uniforms}, read=["loss"])
+                              uniforms={"step": np.float32(step + 1), **uniforms}, read=reads)
                 step += 1
                 last_loss = float(outs["loss"])
+                if not math.isfinite(last_loss):
+                    raise diverged(step, f"the loss is {last_loss}")
+                if "grad_norm" in outs and not math.isfinite(float(outs["grad_norm"])):
+                    raise diverged(step, f"the gradient norm is {float(outs['grad_norm'])}")
                 if step == start + 1 and hasattr(rt, "opened_at"):
                     log(f"step {step} done {time.perf_counter() - rt.opened_at:.2f}s after the runtime opened")
                 history.append([step, last_loss])
                 tokens += B * T
-                if not math.isfinite(last_loss):
-                    log(f"step {step}: loss is {last_loss}; stopping (lower --lr?)")
-                    break
                 if step % eval_every == 0 or step == steps:
                     last_val = evaluate()
+                    if not math.isfinite(last_val):
+                        raise diverged(step, f"the validation loss is {last_val}")
                     val_history.append([step, last_val])
                     bar.write(f"step {step}: loss {last_loss:.4f}, val {last_val:.4f}") if progress else log(
                         f"step {step}: loss {last_loss:.4f}, val {last_val:.4f}")
@@ -263,8 +406,10 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
         finally:
             bar.close()
         tok_s = tokens / max(time.perf_counter() - t_loop, 1e-9)
-        if step > start and (not val_history or val_history[-1][0] != step) and math.isfinite(last_loss):
+        if step > start and (not val_history or val_history[-1][0] != step):
             last_val = evaluate()  # the checkpoint's curve ends with a held-out point
+            if not math.isfinite(last_val):
+                raise diverged(step, f"the validation loss is {last_val}")
             val_history.append([step, last_val])
         if step > start or not (out / CONFIG).exists():
             save(step)

@@ -10,10 +10,21 @@ Every user error is a TgcError with a Loc. The language is described in docs/dsl
 
 from tgc.frontend.ast import Module, format_module
 from tgc.frontend.check import RUNTIME_KEYS, ParamSpec, check, expand_params, resolve_config
-from tgc.frontend.lower import Group, Model, load_model
+from tgc.frontend.lower import Group, Model, check_entry_points, load_model
 from tgc.frontend.parser import parse_file, parse_text
 
 __all__ = [
-    "Group", "Model", "Module", "ParamSpec", "RUNTIME_KEYS", "check", "expand_params", "format_module",
-    "load_model", "parse_file", "parse_text", "resolve_config",
+    "RUNTIME_KEYS",
+    "Group",
+    "Model",
+    "Module",
+    "ParamSpec",
+    "check",
+    "check_entry_points",
+    "expand_params",
+    "format_module",
+    "load_model",
+    "parse_file",
+    "parse_text",
+    "resolve_config",
 ]

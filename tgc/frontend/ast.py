@@ -49,21 +49,21 @@ class Path:
 @dataclass(frozen=True)
 class BinOp:
     op: str  # + - * / @
-    lhs: "Expr"
-    rhs: "Expr"
+    lhs: Expr
+    rhs: Expr
     loc: Loc = _loc()  # the operator
 
 
 @dataclass(frozen=True)
 class Neg:
-    operand: "Expr"
+    operand: Expr
     loc: Loc = _loc()
 
 
 @dataclass(frozen=True)
 class Call:
     func: str
-    args: tuple["Expr", ...]
+    args: tuple[Expr, ...]
     loc: Loc = _loc()
 
 
@@ -71,8 +71,8 @@ class Call:
 class Slice:
     """`start:stop` inside brackets; either end may be omitted."""
 
-    start: "Expr | None"
-    stop: "Expr | None"
+    start: Expr | None
+    stop: Expr | None
     loc: Loc = _loc()
 
 
@@ -80,14 +80,14 @@ class Slice:
 class Index:
     """`value[s0, s1, ...]`: each subscript is an Expr (take one index, drop the axis) or a Slice."""
 
-    value: "Expr"
-    subs: tuple["Expr | Slice", ...]
+    value: Expr
+    subs: tuple[Expr | Slice, ...]
     loc: Loc = _loc()
 
 
 @dataclass(frozen=True)
 class ListLit:
-    items: tuple["Expr", ...]
+    items: tuple[Expr, ...]
     loc: Loc = _loc()
 
 
@@ -121,7 +121,7 @@ class Assign:
 class For:
     var: str
     group: Name | Path  # a repeated parameter group, iterated in index order
-    body: tuple["Stmt", ...]
+    body: tuple[Stmt, ...]
     loc: Loc = _loc()
 
 
@@ -173,7 +173,7 @@ class Param:
 class Repeat:
     var: str
     count: Expr
-    body: tuple["Item", ...]
+    body: tuple[Item, ...]
     loc: Loc = _loc()
 
 

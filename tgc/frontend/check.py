@@ -30,7 +30,9 @@ DTYPES = ("f32", "i32")
 RUNTIME_KEYS = frozenset({"batch", "params"})  # preset keys that are not model config
 MAX_ELEMENTS = 2**31  # per tensor
 MAX_REPEAT = 4096
-MAX_TENSORS = 100_000
+MAX_TENSORS = 10_000  # parameter tensors (gpt.tg: 12 per layer + 4)
+MAX_CALL_DEPTH = 32  # user functions calling user functions; gpt.tg needs 4 (loss, logits, block, attn)
+MAX_UNROLL = 200_000  # repeat iterations in all, nested repeats multiplied
 
 
 def _err(msg: str, loc: Loc | None):
@@ -249,20 +251,60 @@ def _check_recursion(funcs: dict):
 
     for n, f in funcs.items():
         collect(f.body, calls[n])
+    # recursion: an iterative depth-first search (call chains can be long), reporting the cycle
     state: dict[str, int] = {}
-
-    def visit(n, stack):
-        state[n] = 1
-        for m, call in calls[n].items():
+    for root in funcs:
+        if root in state:
+            continue
+        path, iters = [root], [iter(calls[root].items())]
+        state[root] = 1
+        while path:
+            step = next(iters[-1], None)
+            if step is None:
+                state[path.pop()] = 2
+                iters.pop()
+                continue
+            m, call = step
             if state.get(m) == 1:
-                _err(f"recursive call: {' -> '.join(stack + [m])}", call.loc)
+                cycle = path[path.index(m):] + [m]
+                _err(f"recursive call: {' -> '.join(cycle)}", call.loc)
             if m not in state:
-                visit(m, stack + [m])
-        state[n] = 2
+                state[m] = 1
+                path.append(m)
+                iters.append(iter(calls[m].items()))
+    # call depth: the longest chain of user functions, bounded so lowering (which inlines) stays bounded
+    depth: dict[str, int] = {}
+    for n in _postorder(calls):
+        depth[n] = 1 + max((depth[m] for m in calls[n]), default=0)
+    worst = max(depth, key=depth.get, default=None)
+    if worst is not None and depth[worst] > MAX_CALL_DEPTH:
+        chain, n = [worst], worst
+        while len(chain) <= MAX_CALL_DEPTH:
+            n = max(calls[n], key=depth.get)
+            chain.append(n)
+        shown = " -> ".join(chain[:3] + ["..."] + chain[-2:])
+        _err(f"function calls nest {depth[worst]} deep ({shown}); the limit is {MAX_CALL_DEPTH}",
+             calls[chain[-2]][chain[-1]].loc)
 
-    for n in funcs:
-        if n not in state:
-            visit(n, [n])
+
+def _postorder(calls: dict) -> list:
+    """Functions callees-first (the call graph is acyclic here), without recursion."""
+    out, seen = [], set()
+    for root, callees in calls.items():
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(callees))]
+        while stack:
+            n, it = stack[-1]
+            m = next(it, None)
+            if m is None:
+                out.append(n)
+                stack.pop()
+            elif m not in seen:
+                seen.add(m)
+                stack.append((m, iter(calls[m])))
+    return out
 
 
 def check(module: A.Module) -> None:
@@ -358,6 +400,9 @@ def expand_params(module: A.Module, values: dict) -> list[ParamSpec]:
     """Every parameter in declaration order, repeats unrolled, sizes and stds evaluated."""
     out: list[ParamSpec] = []
     first: dict[str, ParamSpec] = {}
+    unrolled = [0]
+
+    repeats: list = []  # (repeat, count) being unrolled, outermost first
 
     def walk(items, scope):
         for it in items:
@@ -365,8 +410,13 @@ def expand_params(module: A.Module, values: dict) -> list[ParamSpec]:
                 n = as_int(consteval(it.count, scope, "repeat count"), it.count.loc, "repeat count")
                 if not 0 <= n <= MAX_REPEAT:
                     _err(f"repeat count {n} out of range (0 to {MAX_REPEAT})", it.count.loc)
+                unrolled[0] += n
+                if unrolled[0] > MAX_UNROLL:
+                    _err(f"repeats unroll to more than {MAX_UNROLL:,} iterations (nested repeats multiply)", it.count.loc)
+                repeats.append((it, n))
                 for i in range(n):
                     walk(it.body, {**scope, it.var: i})
+                repeats.pop()
             elif isinstance(it, A.Param):
                 name = ".".join(str(scope[s[1:-1]]) if s.startswith("{") else s for s in it.name)
                 what = f"size of parameter '{name}'"
@@ -382,7 +432,10 @@ def expand_params(module: A.Module, values: dict) -> list[ParamSpec]:
                 first[name] = spec
                 out.append(spec)
                 if len(out) > MAX_TENSORS:
-                    _err(f"more than {MAX_TENSORS} parameter tensors", it.loc)
+                    if repeats:
+                        r, k = repeats[0]
+                        _err(f"more than {MAX_TENSORS:,} parameter tensors (this repeat runs {k} times)", r.count.loc)
+                    _err(f"more than {MAX_TENSORS:,} parameter tensors", it.loc)
 
     walk(module.items, dict(values))
     names = set(first)

@@ -21,6 +21,7 @@ from tgc.errors import Loc, ShapeError, TgcError
 from tgc.frontend import ast as A
 from tgc.frontend.check import (
     BUILTIN_ARITY,
+    MAX_CALL_DEPTH,
     ParamSpec,
     as_int,
     check,
@@ -32,7 +33,10 @@ from tgc.frontend.parser import parse_file, parse_text
 from tgc.ir import build
 from tgc.ir.node import Node
 
-__all__ = ["Group", "Model", "ParamSpec", "load_model"]
+__all__ = ["Group", "Model", "ParamSpec", "check_entry_points", "load_model"]
+
+MAX_LOWERING_STEPS = 10_000  # expressions and statements one entry point may unroll to (gpt.tg: ~50 per layer)
+MAX_EXPR_NESTING = 250  # expressions being lowered at once, through inlined calls (keeps clear of the recursion limit)
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,23 @@ class Model:
         return tuple(self._funcs)
 
     def call(self, fn: str, *args) -> Node:
-        """Lower DSL function `fn` applied to IR nodes (a str argument names a parameter group)."""
+        """Lower DSL function `fn` applied to IR nodes (a str argument names a parameter group).
+        The entry points the program builder calls are held to their contract here, so every
+        caller (tgc check, the compiler) rejects the same programs: `loss` must return an f32
+        scalar and `logits(idx[B, T])` an f32 [B, T, vocab] tensor."""
         if fn not in self._funcs:
-            raise TgcError(f"the model defines no function '{fn}' (it has: {', '.join(self._funcs) or 'none'})")
+            first = self.module.items[0].loc if self.module.items else Loc(self.module.file, 1, 1)
+            raise TgcError(f"the model defines no function '{fn}' (it has: {', '.join(self._funcs) or 'none'})", first)
         vals = [Group(a) if isinstance(a, str) else a for a in args]
-        return _Lowerer(self).apply(self._funcs[fn], vals, [None] * len(vals), None)
+        f = self._funcs[fn]
+        L = _Lowerer(self)
+        try:
+            result = L.apply(f, vals, [None] * len(vals), None)
+        except RecursionError:
+            raise TgcError("the model nests too deeply to lower here", L.where or f.loc) from None
+        if fn in ENTRY_POINTS:
+            ENTRY_POINTS[fn](self, f, vals, result)
+        return result
 
 
 def load_model(src, config: dict, filename: str | None = None) -> Model:
@@ -94,15 +110,15 @@ def load_model(src, config: dict, filename: str | None = None) -> Model:
     values = resolve_config(module, config)
     params = expand_params(module, values)
     nodes = {p.name: build.input(p.name, p.shape, "f32", role="parameter", loc=p.loc) for p in params}
-    children: dict[str, list[str]] = {}
+    children: dict[str, dict[str, None]] = {}  # group -> its child segments, in order (a dict as an ordered set)
     for p in params:
         parts = p.name.split(".")
+        prefix = parts[0]
         for k in range(1, len(parts)):
-            kids = children.setdefault(".".join(parts[:k]), [])
-            if parts[k] not in kids:
-                kids.append(parts[k])
+            children.setdefault(prefix, {})[parts[k]] = None
+            prefix = f"{prefix}.{parts[k]}"
     funcs = {it.name: it for it in module.items if isinstance(it, A.FuncDef)}
-    return Model(values, params, nodes, module, funcs, children)
+    return Model(values, params, nodes, module, funcs, {g: list(kids) for g, kids in children.items()})
 
 
 # ---------------------------------------------------------------- lowering
@@ -111,15 +127,31 @@ def load_model(src, config: dict, filename: str | None = None) -> Model:
 class _Lowerer:
     def __init__(self, model: Model):
         self.m = model
-        self.depth = 0
+        self.depth = 0        # user-function calls being inlined
+        self.nesting = 0      # expressions being lowered
+        self.steps = 0        # expressions and statements lowered so far (bounded: MAX_LOWERING_STEPS)
+        self.where = None     # the location being lowered (for a RecursionError's message)
+        self.loops: list = []  # the for statements being unrolled, outermost first
+
+    def tick(self, loc) -> None:
+        self.steps += 1
+        self.where = loc or self.where
+        if self.steps > MAX_LOWERING_STEPS:
+            if self.loops:
+                s, n = self.loops[0]
+                raise TgcError(f"unrolling this for loop (over {n} groups, with the loops and calls inside it) "
+                               f"takes more than {MAX_LOWERING_STEPS:,} steps; tgc bounds the size of a model's "
+                               "program", s.loc)
+            raise TgcError(f"the model unrolls to more than {MAX_LOWERING_STEPS:,} expressions (reached here); "
+                           "tgc bounds the size of a model's program", loc)
 
     # ---- functions and types
     def apply(self, f: A.FuncDef, args: list, arg_locs: list, call_loc: Loc | None):
         if len(args) != len(f.args):
             raise TgcError(f"{f.name} takes {len(f.args)} arguments, got {len(args)}", call_loc or f.loc)
         self.depth += 1
-        if self.depth > 100:
-            raise TgcError("function calls nested too deeply", call_loc or f.loc)
+        if self.depth > MAX_CALL_DEPTH:
+            raise TgcError(f"function calls nest more than {MAX_CALL_DEPTH} deep", call_loc or f.loc)
         syms: dict = {}
         env: dict = {}
         for a, v, loc in zip(f.args, args, arg_locs):
@@ -154,6 +186,7 @@ class _Lowerer:
 
     def run(self, stmts, env: dict):
         for s in stmts:
+            self.tick(s.loc)
             match s:
                 case A.Assign(targets, value):
                     v = self.expr(value, env)
@@ -169,9 +202,11 @@ class _Lowerer:
                     kids = self.m._children.get(g.path, []) if isinstance(g, Group) else []
                     if not kids or not all(k.isdigit() for k in kids):
                         _fail(f"for needs a repeated parameter group (like transformer.h), got a {_kind(g)}", group.loc)
+                    self.loops.append((s, len(kids)))
                     for k in sorted(kids, key=int):
                         env[var] = Group(f"{g.path}.{k}")
                         self.run(body, env)
+                    self.loops.pop()
                 case A.Return(value):
                     return self.expr(value, env)
         return None
@@ -206,6 +241,16 @@ class _Lowerer:
 
     # ---- expressions
     def expr(self, e, env: dict):
+        self.tick(getattr(e, "loc", None))
+        self.nesting += 1
+        if self.nesting > MAX_EXPR_NESTING:
+            raise TgcError(f"expressions nest more than {MAX_EXPR_NESTING} deep through function calls", e.loc)
+        try:
+            return self._expr(e, env)
+        finally:
+            self.nesting -= 1
+
+    def _expr(self, e, env: dict):
         match e:
             case A.Num():
                 return e.value
@@ -266,7 +311,7 @@ class _Lowerer:
         for axis, s in enumerate(subs):
             n = x.shape[axis]
 
-            def bound(part, default):
+            def bound(part, default, n=n):
                 if part is None:
                     return default
                 i = as_int(self.expr(part, env), part.loc, "index")
@@ -457,3 +502,46 @@ _BUILTINS = {
     "max": _reduction(build.reduce_max),
 }
 assert set(_BUILTINS) == set(BUILTIN_ARITY), set(_BUILTINS) ^ set(BUILTIN_ARITY)
+
+
+# ---------------------------------------------------------------- entry points
+# What the program builder (tgc/ir/program.py) needs of the functions it calls; checked in
+# Model.call so `tgc check` and `tgc compile` reject the same programs, at the return line.
+
+
+def _result_loc(f: A.FuncDef) -> Loc:
+    return f.body[-1].value.loc if f.body and isinstance(f.body[-1], A.Return) else f.loc
+
+
+def _loss_result(model: Model, f: A.FuncDef, args, v) -> None:
+    if not isinstance(v, Node) or v.dtype != "f32" or v.shape != ():
+        _fail(f"loss must return an f32 scalar (the value training minimizes), got a {_kind(v)}", _result_loc(f))
+
+
+def _logits_result(model: Model, f: A.FuncDef, args, v) -> None:
+    vocab = model.config.get("vocab")
+    idx = args[0] if args and isinstance(args[0], Node) else None
+    want = (*idx.shape, vocab) if idx is not None and idx.ndim == 2 else None
+    if not isinstance(v, Node) or v.dtype != "f32" or (want is not None and v.shape != want):
+        shape = f"f32{list(want)}" if want else "an f32 [B, T, vocab] tensor"
+        _fail(f"logits must return {shape} (a score per vocabulary entry at each position), got a {_kind(v)}",
+              _result_loc(f))
+
+
+ENTRY_POINTS = {"loss": _loss_result, "logits": _logits_result}
+
+
+def check_entry_points(model: Model, batch: int) -> None:
+    """Lower `loss` and `logits` exactly as the program builder does: loss on a [batch, ctx]
+    batch, logits on a [1, ctx] window and on one [1, 1] token at a runtime position."""
+    header = next((it for it in model.module.items if isinstance(it, A.Config)), None)
+    where = header.loc if header else Loc(model.module.file, 1, 1)
+    for key in ("ctx", "vocab"):
+        v = model.config.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TgcError(f"the config needs a positive integer '{key}' (the programs are built for it), "
+                           f"got {'nothing' if v is None else repr(v)}", where)
+    ctx = model.config["ctx"]
+    model.call("loss", build.input("idx", (batch, ctx), "i32"), build.input("targets", (batch, ctx), "i32"))
+    model.call("logits", build.input("tokens", (1, ctx), "i32"))
+    model.call("logits", build.input("token", (1, 1), "i32"))

@@ -1,8 +1,11 @@
 """Text -> AST: the lark parser for grammar.lark and a transformer to ast.py's dataclasses.
 
 One method per grammar rule (an unhandled rule fails loudly). Lark's errors become
-DslSyntaxError at the offending line and column with the line's text. Nothing here
-checks meaning: unknown names, arity and shapes are check.py's and lower.py's job.
+DslSyntaxError at the offending line and column with the line's text. A tree nested
+deeper than MAX_NESTING levels (blocks, repeats, parentheses, long operator chains) is
+refused at its deepest point before anything recurses over it, so every later stage
+(check, lower) stays far from Python's recursion limit. Nothing here checks meaning:
+unknown names, arity and shapes are check.py's and lower.py's job.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tgc.errors import DslSyntaxError, Loc
 from tgc.frontend import ast as A
 
 _GRAMMAR = FsPath(__file__).with_name("grammar.lark")
+MAX_NESTING = 100  # levels of the parse tree; gpt.tg needs 8
 
 # how an expected terminal reads in a message
 _TERMINALS = {
@@ -161,6 +165,22 @@ def _expected(names) -> str:
     return f" (expected {', '.join(shown)})"
 
 
+def _too_deep(tree) -> tuple[int, int] | None:
+    """(line, col) of the first node at depth MAX_NESTING that nests further, found without
+    recursion; None if the tree is shallow enough."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        kids = [c for c in node.children if isinstance(c, lark.Tree)]
+        if depth >= MAX_NESTING and kids:
+            if not node.meta.empty:
+                return node.meta.line, node.meta.column
+            tok = next((t for t in node.scan_values(lambda v: isinstance(v, Token))), None)
+            return (tok.line, tok.column) if tok is not None else (1, 1)
+        stack.extend((c, depth + 1) for c in reversed(kids))
+    return None
+
+
 def parse_text(text: str, filename: str = "<string>") -> A.Module:
     """Parse DSL source; raises DslSyntaxError at the first offending token."""
     lines = text.splitlines()
@@ -187,12 +207,14 @@ def parse_text(text: str, filename: str = "<string>") -> A.Module:
         line = len(lines) or 1
         col = len(lines[-1]) + 1 if lines else 1
         raise DslSyntaxError(f"unexpected end of file{_expected(e.expected)}", at(line, col)) from None
+    deep = _too_deep(tree)
+    if deep is not None:
+        raise DslSyntaxError(f"nested too deeply (more than {MAX_NESTING} levels of blocks and expressions)",
+                             at(*deep))
     try:
         return _ToAst(filename, lines).transform(tree)
     except lark.exceptions.VisitError as e:
         raise e.orig_exc from None
-    except RecursionError:
-        raise DslSyntaxError("expression nested too deeply", at(1, 1)) from None
 
 
 def parse_file(path) -> A.Module:
