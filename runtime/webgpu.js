@@ -136,6 +136,15 @@ export class WebGPUExecutor extends Executor {
       if (patched) this.info.wgslPatched = (this.info.wgslPatched || 0) + 1;
       const entries = [];
       const chunks = k.wgsl.chunks || k.params.map(() => 1);
+      const lim = this.device.limits;
+      const nbind = chunks.reduce((a, b) => a + b, 0);
+      if (nbind > lim.maxStorageBuffersPerShaderStage) {
+        throw new Error(`kernel ${name} needs ${nbind} storage bindings; this WebGPU device allows ${lim.maxStorageBuffersPerShaderStage} (use the WebAssembly backend)`);
+      }
+      const widest = Math.max(0, ...(k.wgsl.chunk_bytes || []).map((b, i) => (b && chunks[i] > 1 ? b : 0)));
+      if (widest > lim.maxStorageBufferBindingSize) {
+        throw new Error(`kernel ${name} binds ${gib(widest)} at once; this WebGPU device allows ${gib(lim.maxStorageBufferBindingSize)} (use the WebAssembly backend)`);
+      }
       let binding = 0;
       k.params.forEach((_, i) => {
         for (let c = 0; c < chunks[i]; c++) entries.push({ binding: binding++, visibility: GPUShaderStage.COMPUTE, buffer: { type: "storage" } });
@@ -155,7 +164,7 @@ export class WebGPUExecutor extends Executor {
         const msg = info.messages.find((x) => x.type === "error");
         throw new Error(`WGSL kernel ${name} (${k.wgsl.file}): ${msg ? `${msg.lineNum}:${msg.linePos}: ${msg.message}` : e.message}`);
       }
-      this.kernels[name] = { pipeline, layout, chunks, uniformBinding: k.wgsl.uniform_binding, dispatch: k.wgsl.dispatch };
+      this.kernels[name] = { pipeline, layout, chunks, chunkBytes: k.wgsl.chunk_bytes || [], uniformBinding: k.wgsl.uniform_binding, dispatch: k.wgsl.dispatch };
     });
     const results = await Promise.allSettled(jobs);
     const verr = await device.popErrorScope();
@@ -176,7 +185,6 @@ export class WebGPUExecutor extends Executor {
     let plan = this.programs.get(program);
     if (plan) return plan;
     const prog = this.program(program);
-    const chunkBytes = this.manifest.wgsl.chunk_bytes || this.manifest.wgsl.max_binding_bytes;
     this.device.pushErrorScope("validation");
     plan = prog.launches.map((launch, li) => {
       const [kname, ...tensors] = launch;
@@ -188,9 +196,10 @@ export class WebGPUExecutor extends Executor {
         const p = this.place(program, tn);
         const size = Math.max(4, 4 * numel(p.shape));
         const n = k.chunks[i] || 1;
+        const step = k.chunkBytes[i] || size; // a parameter split in n bindings of chunk_bytes[i] each (the last shorter)
         for (let c = 0; c < n; c++) {
-          const off = c * chunkBytes;
-          const sz = n === 1 ? size : Math.min(chunkBytes, size - off);
+          const off = c * step;
+          const sz = n === 1 ? size : Math.min(step, size - off);
           entries.push({ binding: binding++, resource: { buffer: this.buffers[p.buffer], offset: Number(p.offset) + off, size: sz } });
         }
       });
