@@ -77,7 +77,9 @@ async function fetchJSON(url) {
 
 /** Open the artifact directory at `url` ("artifact/" or a full URL) on a backend.
  * opts: backend "auto" | "webgpu" | "wasm"; tokenizer: a Tokenizer, tokenizer.json's URL
- * or its parsed JSON (default: the byte tokenizer); validate (default true); log. */
+ * or its parsed JSON (default: the byte tokenizer); validate (default true); log;
+ * programs: on WebGPU, the programs whose pipelines are made at open (default all; any
+ * other is prepared on its first run: model.executor.prepare([...]) does it ahead). */
 export async function openArtifact(url, opts = {}) {
   const base = resolveUrl(url.endsWith("/") ? url : `${url}/`);
   const log = opts.log || (() => {});
@@ -92,7 +94,7 @@ export async function openArtifact(url, opts = {}) {
   if (!["webgpu", "wasm"].includes(backend)) throw new Error(`unknown backend ${backend}: use auto, webgpu or wasm`);
   if (!can[backend].ok) throw new Error(`cannot run this model on ${backend}: ${can[backend].reason}`);
   const t0 = performance.now();
-  const executor = backend === "webgpu" ? await WebGPUExecutor.open(manifest, base) : await WasmExecutor.open(manifest, base);
+  const executor = backend === "webgpu" ? await WebGPUExecutor.open(manifest, base, { programs: opts.programs }) : await WasmExecutor.open(manifest, base);
   log(`${backend} ready in ${(performance.now() - t0).toFixed(0)} ms`);
   let tok = opts.tokenizer;
   if (!tok) tok = Tokenizer.byte();

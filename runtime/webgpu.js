@@ -4,7 +4,8 @@
 // where it offers them, a check that the artifact fits those limits (bindings, workgroup
 // memory, invocations, buffer sizes), one GPUBuffer per manifest buffer plus the uniform
 // buffer (inside an out-of-memory error scope), then every distinct kernel's pipeline,
-// all created in parallel with createComputePipelineAsync (the time is in info.pipelineMs).
+// all created in parallel with createComputePipelineAsync (the time is in info.pipelineMs):
+// those of every program, or of opts.programs (the others on their program's first run).
 // A kernel's bind group layout is its parameters, each `chunks` storage bindings, and
 // the uniform block at uniform_binding. A program's bind groups (one per launch: entry i
 // is the buffer/offset/size of the launch's i-th tensor) are built on its first run,
@@ -15,6 +16,7 @@
 // Leaves out: timestamp queries and several devices.
 
 import { Executor, numel, typed } from "./executor.js";
+import { gib } from "./wasm-common.js";
 
 // device limits asked for when the adapter offers more than WebGPU's defaults
 export const WANTED_LIMITS = [
@@ -51,12 +53,13 @@ export class WebGPUExecutor extends Executor {
   static fits(manifest, limits) {
     const w = manifest.wgsl || {};
     const probs = [];
-    const need = (what, have, want) => { if (want !== undefined && want > have) probs.push(`${what}: needs ${want}, the device gives ${have}`); };
+    const need = (what, have, want, fmt = String) => { if (want !== undefined && want > have) probs.push(`${what}: needs ${fmt(want)}, the device gives ${fmt(have)}`); };
     need("storage buffers per shader stage", limits.maxStorageBuffersPerShaderStage, w.max_storage_buffers);
-    need("workgroup storage bytes", limits.maxComputeWorkgroupStorageSize, w.max_workgroup_bytes);
+    need("workgroup memory", limits.maxComputeWorkgroupStorageSize, w.max_workgroup_bytes, (n) => `${n} bytes`);
     need("invocations per workgroup", limits.maxComputeInvocationsPerWorkgroup, w.max_invocations);
-    need("storage binding bytes", limits.maxStorageBufferBindingSize, w.max_binding_bytes);
-    for (const b of manifest.buffers) need(`buffer ${b.name} bytes`, limits.maxBufferSize, b.size);
+    need("storage binding size", limits.maxStorageBufferBindingSize, w.max_binding_bytes, gib);
+    const largest = manifest.buffers.reduce((a, b) => (b.size > a.size ? b : a), { size: 0 });
+    need(`buffer size (largest: ${largest.name})`, limits.maxBufferSize, largest.size, gib);
     return probs;
   }
 
@@ -88,24 +91,45 @@ export class WebGPUExecutor extends Executor {
       ex.destroy();
       throw new Error(`the GPU could not allocate this model's ${(total / 2 ** 20).toFixed(1)} MiB of buffers (${(oom || verr).message})`);
     }
-    await ex._pipelines(baseUrl);
+    ex.baseUrl = baseUrl;
+    ex.kernels = {};
+    ex.info.pipelines = 0;
+    ex.info.pipelineMs = 0;
+    await ex.prepare(opts.programs || Object.keys(manifest.programs));
     return ex;
   }
 
-  async _pipelines(baseUrl) {
-    const m = this.manifest, device = this.device;
+  /** Create the pipelines of every kernel `programs` launch that is not there yet, all at
+   * once (createComputePipelineAsync); run() prepares a program it finds unprepared. */
+  async prepare(programs) {
+    const names = [...new Set(programs.flatMap((p) => this.program(p).launches.map((l) => l[0])))].filter((k) => !this.kernels[k]);
+    if (names.length) await this._pipelines(names);
+  }
+
+  async _pipelines(names) {
+    const m = this.manifest, device = this.device, baseUrl = this.baseUrl;
     const t0 = performance.now();
     // kernels[k].wgsl.file is relative to the artifact ("kernels/k0.wgsl"); a bare name is in wgsl.dir
     const dir = new URL((m.wgsl.dir || "kernels").replace(/\/?$/, "/"), baseUrl);
     const fileUrl = (f) => new URL(f, f.includes("/") ? baseUrl : dir);
-    this.kernels = {};
     device.pushErrorScope("validation");
-    const jobs = Object.entries(m.kernels).map(async ([name, k]) => {
+    const jobs = names.map(async (name) => {
+      const k = m.kernels[name];
+      if (!k) throw new Error(`unknown kernel ${name}`);
       const resp = await fetch(fileUrl(k.wgsl.file));
       if (!resp.ok) throw new Error(`kernel ${name}: ${k.wgsl.file}: HTTP ${resp.status}`);
       const code = await resp.text();
       const entries = [];
       const chunks = k.wgsl.chunks || k.params.map(() => 1);
+      const lim = this.device.limits;
+      const nbind = chunks.reduce((a, b) => a + b, 0);
+      if (nbind > lim.maxStorageBuffersPerShaderStage) {
+        throw new Error(`kernel ${name} needs ${nbind} storage bindings; this WebGPU device allows ${lim.maxStorageBuffersPerShaderStage} (use the WebAssembly backend)`);
+      }
+      const widest = Math.max(0, ...(k.wgsl.chunk_bytes || []).map((b, i) => (b && chunks[i] > 1 ? b : 0)));
+      if (widest > lim.maxStorageBufferBindingSize) {
+        throw new Error(`kernel ${name} binds ${gib(widest)} at once; this WebGPU device allows ${gib(lim.maxStorageBufferBindingSize)} (use the WebAssembly backend)`);
+      }
       let binding = 0;
       k.params.forEach((_, i) => {
         for (let c = 0; c < chunks[i]; c++) entries.push({ binding: binding++, visibility: GPUShaderStage.COMPUTE, buffer: { type: "storage" } });
@@ -125,7 +149,7 @@ export class WebGPUExecutor extends Executor {
         const msg = info.messages.find((x) => x.type === "error");
         throw new Error(`WGSL kernel ${name} (${k.wgsl.file}): ${msg ? `${msg.lineNum}:${msg.linePos}: ${msg.message}` : e.message}`);
       }
-      this.kernels[name] = { pipeline, layout, chunks, uniformBinding: k.wgsl.uniform_binding, dispatch: k.wgsl.dispatch };
+      this.kernels[name] = { pipeline, layout, chunks, chunkBytes: k.wgsl.chunk_bytes || [], uniformBinding: k.wgsl.uniform_binding, dispatch: k.wgsl.dispatch };
     });
     const results = await Promise.allSettled(jobs);
     const verr = await device.popErrorScope();
@@ -133,7 +157,7 @@ export class WebGPUExecutor extends Executor {
     if (failed) throw failed.reason;
     if (verr) throw new Error(`WebGPU validation error while creating pipelines: ${verr.message}`);
     this.info.pipelines = Object.keys(this.kernels).length;
-    this.info.pipelineMs = performance.now() - t0;
+    this.info.pipelineMs += performance.now() - t0;
   }
 
   _check() {
@@ -146,7 +170,6 @@ export class WebGPUExecutor extends Executor {
     let plan = this.programs.get(program);
     if (plan) return plan;
     const prog = this.program(program);
-    const chunkBytes = this.manifest.wgsl.chunk_bytes || this.manifest.wgsl.max_binding_bytes;
     this.device.pushErrorScope("validation");
     plan = prog.launches.map((launch, li) => {
       const [kname, ...tensors] = launch;
@@ -158,9 +181,10 @@ export class WebGPUExecutor extends Executor {
         const p = this.place(program, tn);
         const size = Math.max(4, 4 * numel(p.shape));
         const n = k.chunks[i] || 1;
+        const step = k.chunkBytes[i] || size; // a parameter split in n bindings of chunk_bytes[i] each (the last shorter)
         for (let c = 0; c < n; c++) {
-          const off = c * chunkBytes;
-          const sz = n === 1 ? size : Math.min(chunkBytes, size - off);
+          const off = c * step;
+          const sz = n === 1 ? size : Math.min(step, size - off);
           entries.push({ binding: binding++, resource: { buffer: this.buffers[p.buffer], offset: Number(p.offset) + off, size: sz } });
         }
       });
@@ -217,6 +241,7 @@ export class WebGPUExecutor extends Executor {
   async run(program, opts = {}) {
     this._check();
     const { prog, reads } = this.checkRun(program, opts);
+    if (!this.programs.has(program)) await this.prepare([program]);
     const plan = this._plan(program);
     for (const [n, d] of Object.entries(opts.inputs || {})) await this.write(n, d);
     const ub = this.uniformBytes(opts.uniforms || {});

@@ -98,17 +98,18 @@ class Site:
         pg.goto(self.url + path)
         return pg
 
-    def model_page(self, backend):
+    def model_page(self, backend, programs=None):
         """A page holding window.M, this site's artifact opened on `backend` once: opening
-        costs little on wasm but 1-2 minutes on WebGPU/SwiftShader (pipeline compiles)."""
+        costs little on wasm but 1-2 minutes on WebGPU/SwiftShader (pipeline compiles), so
+        `programs` can name the ones to prepare at open (the rest on first use)."""
         pg = self.pages.get(backend)
         if pg is None:
             pg = self.pages[backend] = self.page()
-            err = pg.evaluate(f"""async (backend) => {{ {JS}
+            err = pg.evaluate(f"""async ([backend, programs]) => {{ {JS}
               const t0 = performance.now();
-              try {{ window.M = await tgc.openArtifact("/artifact/", {{backend, tokenizer: "/tokenizer.json"}}); }}
+              try {{ window.M = await tgc.openArtifact("/artifact/", {{backend, tokenizer: "/tokenizer.json", programs}}); }}
               catch (e) {{ return e.message; }}
-              window.openMs = performance.now() - t0; return null; }}""", backend)
+              window.openMs = performance.now() - t0; return null; }}""", [backend, programs])
             if err is None:
                 print(f"{self.path.parent.name}: {backend} opened in {pg.evaluate('window.openMs') / 1000:.1f} s")
             self.open_errors[backend] = err
@@ -267,9 +268,9 @@ def _train_in_browser(site, backend, steps=STEPS, seed=0):
       const t0 = performance.now();
       const losses = (await m.train(arg.steps)).map((r) => r.loss);
       const ms = performance.now() - t0;
-      const val = await m.evaluate();
+      const val = arg.steps === arg.total ? await m.evaluate() : null;
       return {losses, val, ms, info: m.info};""", {"backend": backend, "steps": steps, "total": STEPS, "seed": seed},
-                    page=site.model_page(backend))
+                    page=site.model_page(backend, programs=["train_step"] if steps < STEPS else None))
 
 
 # small on WebGPU/SwiftShader costs ~21 s a step: 2 steps in CI, all 20 with --runslow

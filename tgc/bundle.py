@@ -61,9 +61,10 @@ def _artifact_for(ckpt, preset: str | None, log) -> tuple[Path, object]:
     from tgc.artifacts import compiled_artifact
 
     if ckpt is not None:
-        from tgc.checkpoint import OPTIMIZER, TRAINER_STATE, load_checkpoint
+        from tgc.checkpoint import OPTIMIZER, TRAINER_STATE, current_dir, load_checkpoint
 
-        resumable = (Path(ckpt) / OPTIMIZER).exists() and (Path(ckpt) / TRAINER_STATE).exists()
+        d = current_dir(Path(ckpt))
+        resumable = (d / OPTIMIZER).exists() and (d / TRAINER_STATE).exists()
         ck = load_checkpoint(ckpt, resume=resumable)
         if preset and ck.tgc.get("preset") and preset != ck.tgc["preset"]:
             raise TgcError(f"checkpoint {ckpt} is a {ck.tgc['preset']} model; leave --preset out or give {ck.tgc['preset']}")
@@ -122,8 +123,6 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "site.json").exists())):
         raise TgcError(f"{out} exists and is not a previous bundle (no site.json); choose another -o")
-    if ckpt is not None and not Path(ckpt).is_dir():
-        raise TgcError(f"checkpoint {ckpt} not found (a checkpoint is a directory)")
     art, ck = _artifact_for(ckpt, preset, log)
     texts = []
     for c in (["shakespeare"] if corpora is None else corpora):
@@ -142,10 +141,13 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
                 "artifact": "artifact/", "tokenizer": "tokenizer.json", "checkpoint": None, "corpora": [],
                 "wasm_sha256": sha}
         if ck is not None:
+            from tgc.checkpoint import current_dir
+
+            src = current_dir(Path(ckpt))  # the complete save, even where one was cut short
             with zipfile.ZipFile(tmp / "checkpoint.zip", "w", zipfile.ZIP_STORED) as z:
                 for f in CHECKPOINT_FILES:
-                    if (Path(ckpt) / f).exists():
-                        z.write(Path(ckpt) / f, f"{Path(ckpt).resolve().name}/{f}")
+                    if (src / f).exists():
+                        z.write(src / f, f"{Path(ckpt).resolve().name}/{f}")
             site["checkpoint"] = "checkpoint.zip"
             site["checkpoint_step"] = ck.step
         used: set = set()
