@@ -343,6 +343,13 @@ def test_small_gpt2_logits_and_greedy_match_transformers(small_hf, small_ck, bac
     want = hf_greedy(model, ids, 20)
     assert len(set(want)) > 3  # a continuation that wanders, not one token repeated
     assert tgc_greedy(small_ck, prompt, 20, backend) == want
+    if backend == "wasm":  # the command line prints the prompt and the continuation's text
+        import io
+
+        out = io.StringIO()
+        rc, err = run_cli(["generate", str(small_ck), "--prompt", prompt, "--temperature", "0",
+                           "--max-new-tokens", "20", "--backend", backend], out)
+        assert rc == 0 and out.getvalue() == prompt + gpt2_tokenizer_fast(hf_dir).decode(want), err
 
 
 def windowed_greedy(model, ids: list[int], n: int, ctx: int) -> list[int]:
@@ -398,12 +405,13 @@ def test_generation_stops_at_end_of_text(small_hf, tmp_path):
 
 # ---- a model of another shape: one line, exit 2, nothing changed
 
-def run_cli(argv) -> tuple[int, str]:
+def run_cli(argv, out=None) -> tuple[int, str]:
+    """(exit code, stderr) of `tgc ARGV`; stdout goes to `out` (a StringIO) if given."""
     import contextlib
     import io
 
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out if out is not None else io.StringIO()):
         rc = main(argv)
     return rc, err.getvalue()
 
