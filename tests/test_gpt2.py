@@ -2,8 +2,8 @@
 tokenizer, weight dtypes, the 1,024-token context, the gpt2 preset, and shape mismatches.
 
 The reference is transformers (GPT2LMHeadModel, GPT2TokenizerFast); every numeric comparison
-goes through tgc.compare.compare with the tolerance stated beside it. Fast tests use a
-GPT-2-shaped small model: GPT2Config's defaults (gelu_new, eps 1e-5, ctx 1024) with 2 layers,
+goes through tests/helpers.py's assert_close (tgc.compare's rule) with the tolerance stated
+beside it. Fast tests use a GPT-2-shaped small model: GPT2Config's defaults (gelu_new, eps 1e-5, ctx 1024) with 2 layers,
 d 64 and a 1,024-token byte-level BPE trained here (<|endoftext|> last, as in GPT-2). The
 `slow` tests run the 124M model itself (GPT2Config() exactly) on wasm and WebGPU.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from tgc.checkpoint import (
     CONFIG,
@@ -31,7 +32,6 @@ from tgc.checkpoint import (
     save_checkpoint,
 )
 from tgc.cli import main
-from tgc.compare import compare
 from tgc.errors import TgcError
 from tgc.presets import get_preset, model_config
 from tgc.runtime import _module_available
@@ -296,8 +296,7 @@ def test_half_precision_import_gives_the_fp32_weights(small_hf, tmp_path, monkey
     assert set(want) == set(got)
     for k, v in want.items():
         np.testing.assert_array_equal(got[k], v.to(getattr(torch, dtype)).float().numpy(), err_msg=k)
-        row = compare(k, got[k], v.numpy(), rtol=2.0 ** -bits, atol=2.0 ** -24)
-        assert row.ok, row.format()
+        assert_close(got[k], v.numpy(), rtol=2.0 ** -bits, atol=2.0 ** -24, name=k)
 
 
 def test_dtype_problems_are_named(small_hf, tmp_path):
@@ -340,11 +339,17 @@ def test_small_gpt2_logits_and_greedy_match_transformers(small_hf, small_ck, bac
     assert ck.config["ctx"] == 1024 and ck.config["activation"] == "gelu_tanh" and ck.config["eos_token_id"] == SMALL_VOCAB - 1
     prompt = f"def import_hf(src_dir, out_dir):{EOT}\n    naïve ☕"
     ids = gpt2_tokenizer_fast(hf_dir)(prompt)["input_ids"]
-    row = compare("logits", tgc_logits(small_ck, ids, backend), hf_logits(model, ids), rtol=0, atol=LOGITS_ATOL)
-    assert row.ok, row.format()
+    assert_close(tgc_logits(small_ck, ids, backend), hf_logits(model, ids), rtol=0, atol=LOGITS_ATOL, name="logits")
     want = hf_greedy(model, ids, 20)
     assert len(set(want)) > 3  # a continuation that wanders, not one token repeated
     assert tgc_greedy(small_ck, prompt, 20, backend) == want
+    if backend == "wasm":  # the command line prints the prompt and the continuation's text
+        import io
+
+        out = io.StringIO()
+        rc, err = run_cli(["generate", str(small_ck), "--prompt", prompt, "--temperature", "0",
+                           "--max-new-tokens", "20", "--backend", backend], out)
+        assert rc == 0 and out.getvalue() == prompt + gpt2_tokenizer_fast(hf_dir).decode(want), err
 
 
 def windowed_greedy(model, ids: list[int], n: int, ctx: int) -> list[int]:
@@ -400,12 +405,13 @@ def test_generation_stops_at_end_of_text(small_hf, tmp_path):
 
 # ---- a model of another shape: one line, exit 2, nothing changed
 
-def run_cli(argv) -> tuple[int, str]:
+def run_cli(argv, out=None) -> tuple[int, str]:
+    """(exit code, stderr) of `tgc ARGV`; stdout goes to `out` (a StringIO) if given."""
     import contextlib
     import io
 
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out if out is not None else io.StringIO()):
         rc = main(argv)
     return rc, err.getvalue()
 
@@ -494,8 +500,7 @@ def test_gpt2_124m_matches_transformers(gpt2_124m, backend):
     prompt = f"The tokenizer {EOT} keeps its special tokens: naïve café ☕ 日本語"
     ids = gpt2_tokenizer_fast(hf_dir)(prompt)["input_ids"]
     assert ck.tokenizer.encode(prompt) == ids and 50256 in ids
-    row = compare("logits", tgc_logits(ck_dir, ids, backend), hf_logits(model, ids), rtol=0, atol=LOGITS_ATOL)
-    assert row.ok, row.format()
+    assert_close(tgc_logits(ck_dir, ids, backend), hf_logits(model, ids), rtol=0, atol=LOGITS_ATOL, name="logits")
     assert tgc_greedy(ck_dir, prompt, 20, backend) == hf_greedy(model, ids, 20)
 
 
@@ -536,5 +541,4 @@ def test_gpt2_preset_trains_a_step_on_wasm():
     with torch.no_grad():
         logits = model(torch.from_numpy(idx[:, :-1]).long()).logits
         want = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.from_numpy(idx[:, 1:]).long().reshape(-1))
-    row = compare("loss", loss, float(want), rtol=1e-5)  # a mean over 4,096 f32 terms of about 11
-    assert row.ok, row.format()
+    assert_close(np.float32(loss), np.float32(want), rtol=1e-5, name="loss")  # a mean of 4,096 f32 terms of ~11
