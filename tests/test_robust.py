@@ -455,6 +455,12 @@ def test_available_memory_honours_limits(monkeypatch):
     need = preflight.Need("a test", 1 << 30)
     with pytest.raises(TgcError, match=r"needs about 1\.0 GiB of memory, but only 512\.0 MiB is available"):
         preflight.require(need, log=None)
+    preflight.require(preflight.Need("a test", 600 << 20), log=None)  # an estimate within its error margin
+    with pytest.raises(TgcError, match=r"needs 600\.0 MiB of memory"):  # the compiled plan's exact figure
+        preflight.require(preflight.Need("a test", 600 << 20, exact=True), log=None)
+    lines = []
+    preflight.require(need, log=lines.append, backend="webgpu")  # a GPU's memory: stated, not checked
+    assert lines and "on the GPU" in lines[0]
 
 
 # ---------------------------------------------------------------- DSL programs that crashed or hung the compiler

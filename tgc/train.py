@@ -252,7 +252,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     if resume:
         def memory(cfg, section):
             b = batch or section.get("batch") or 1
-            require(estimate(cfg, b, "train", f"training {section.get('preset') or 'this model'} (batch {b})"), log)
+            require(estimate(cfg, b, "train", f"training {section.get('preset') or 'this model'} (batch {b})"), log,
+                    backend)
 
         ck = load_checkpoint(out, resume=True, check_memory=memory)
     else:
@@ -296,7 +297,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     what = f"training {s['preset']} (batch {B})"
     need = estimate(config, B, "train", what)
     if ck is None:
-        require(need, log)
+        require(need, log, backend)
     n_params = param_count(config) if need is not None else 0
     check_writable(out, 3 * 4 * n_params + 4 * (len(data.val) + 1024))
 
