@@ -131,6 +131,16 @@ def test_out_with_user_files_is_refused_before_training(corpus_file, tmp_path):
                    "not a tgc artifact", unchanged=[mine])
 
 
+def test_out_is_never_the_working_directory(corpus_file, tmp_path, monkeypatch):
+    """A save switches a whole directory in: the one the process stands in (or above it) is refused."""
+    d = tmp_path / "empty"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    for out in (".", "..", str(d)):
+        assert_refused(["train", "--corpus", corpus_file, "--steps", "2", "--out", out], "working directory")
+    assert list(d.iterdir()) == []
+
+
 def test_existing_checkpoint_needs_resume(corpus_file, ck):
     assert_refused(["train", "--corpus", corpus_file, "--steps", "2", "--out", ck], "already holds a checkpoint",
                    unchanged=[ck])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tgc import presets
-from tgc.checkpoint import CONFIG, load_checkpoint, recover, save_checkpoint
+from tgc.checkpoint import CONFIG, check_not_cwd, load_checkpoint, recover, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
 from tgc.preflight import checked_runtime, estimate, fmt_bytes, param_count, require
@@ -242,6 +243,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     out = Path(out)
     validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batches, seed, stop_at, tokenizer,
                      preset, backend)
+    check_not_cwd(Path(os.path.abspath(out.resolve() if out.is_symlink() else out)), out)
     log = log or (lambda *a: None)
     try:
         if recover(out.resolve() if out.is_symlink() else out):
