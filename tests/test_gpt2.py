@@ -510,10 +510,6 @@ def test_gpt2_124m_into_another_shape_is_refused(gpt2_124m, small_ck, tmp_path):
 
 
 @pytest.mark.slow  # compiles the 124M model for wasm; a train step of 4 x 1024 tokens (~12 GB, minutes on 2 cores)
-@pytest.mark.xfail(raises=TgcError, strict=False,
-                   reason="artifact v2's scheduler refuses kernels over the [4096, 50257] logits: more than 8 storage "
-                          "bindings once they are chunked (a WebGPU limit applied to wasm too); it passed before v2 "
-                          "with the 128 MiB buffer limit lifted")
 def test_gpt2_preset_trains_a_step_on_wasm():
     """The gpt2 preset compiles and takes a training step on wasm: its loss is transformers'
     loss for the same initial weights and batch, and the step changes the weights."""

@@ -26,6 +26,7 @@ def test_parity_tiny_quick(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.slow  # 200 steps on lavapipe plus the interpreter: over pytest's 600 s limit on the 2-core machine since the suite grew; run with --runslow
 def test_parity_small_200_steps(tmp_path):
     rows, text = _run("small", 200, tmp_path)
     print(text)

@@ -886,9 +886,10 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
     match is recorded, else the checkpoint's config stands on its own. The batch recorded is
     `batch`, else 1: an import holds weights only (it cannot be resumed), generation runs
     at batch 1, and the batch sizes only train_step, which is compiled into the same
-    artifact (for GPT-2 124M: 3.8 GiB of wasm memory at batch 1, 10.6 GiB at 4). GPT-2's released checkpoints use the tanh GELU ("gelu_new"): the
-    checkpoint's model.tg is then gpt.tg with gelu_tanh in the MLP (likewise a non-default
-    layer_norm_epsilon), so compiling it reproduces the HF model's arithmetic."""
+    artifact (GPT-2 124M plans 3.8 GiB at batch 1, 10.75 GiB at 4). GPT-2's released
+    checkpoints use the tanh GELU ("gelu_new"): the checkpoint's model.tg is then gpt.tg
+    with gelu_tanh in the MLP (likewise a non-default layer_norm_epsilon), so compiling it
+    reproduces the HF model's arithmetic."""
     src, out = Path(src_dir), Path(out_dir)
     check_import_target(src, out)
     if not src.is_dir():

@@ -147,6 +147,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def cmd_bundle(a) -> int:
+    from tgc.bundle import bundle
+
+    corpora = [] if a.no_corpus else (a.corpus or None)
+    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora)
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from tgc.serve import serve
+
+    if not 0 <= a.port <= 65535:
+        raise TgcError(f"--port must be in 0..65535, got {a.port}")
+    return serve(a.site, a.port, a.host)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tgc import __version__
     from tgc.presets import default_model_path, preset_names, train_defaults
@@ -221,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", help="a save_pretrained directory")
     s.add_argument("-o", "--out", required=True, help="a new or empty directory (never the source)")
     s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
+    s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
+    s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
+    s.add_argument("--corpus", action="append", help="shakespeare (default), python, or a text file; repeatable")
+    s.add_argument("--no-corpus", action="store_true", help="ship no training text")
+    s.add_argument("-o", "--out", required=True, help="the site directory")
+    s.set_defaults(fn=cmd_bundle)
+
+    s = sub.add_parser("serve", help="serve a bundled site locally (COOP/COEP headers, application/wasm)")
+    s.add_argument("site")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1")
+    s.set_defaults(fn=cmd_serve)
     return p
 
 
