@@ -131,6 +131,16 @@ def test_out_with_user_files_is_refused_before_training(corpus_file, tmp_path):
                    "not a tgc artifact", unchanged=[mine])
 
 
+def test_out_is_never_the_working_directory(corpus_file, tmp_path, monkeypatch):
+    """A save switches a whole directory in: the one the process stands in (or above it) is refused."""
+    d = tmp_path / "empty"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    for out in (".", "..", str(d)):
+        assert_refused(["train", "--corpus", corpus_file, "--steps", "2", "--out", out], "working directory")
+    assert list(d.iterdir()) == []
+
+
 def test_existing_checkpoint_needs_resume(corpus_file, ck):
     assert_refused(["train", "--corpus", corpus_file, "--steps", "2", "--out", ck], "already holds a checkpoint",
                    unchanged=[ck])
@@ -455,6 +465,12 @@ def test_available_memory_honours_limits(monkeypatch):
     need = preflight.Need("a test", 1 << 30)
     with pytest.raises(TgcError, match=r"needs about 1\.0 GiB of memory, but only 512\.0 MiB is available"):
         preflight.require(need, log=None)
+    preflight.require(preflight.Need("a test", 600 << 20), log=None)  # an estimate within its error margin
+    with pytest.raises(TgcError, match=r"needs 600\.0 MiB of memory"):  # the compiled plan's exact figure
+        preflight.require(preflight.Need("a test", 600 << 20, exact=True), log=None)
+    lines = []
+    preflight.require(need, log=lines.append, backend="webgpu")  # a GPU's memory: stated, not checked
+    assert lines and "on the GPU" in lines[0]
 
 
 # ---------------------------------------------------------------- DSL programs that crashed or hung the compiler

@@ -314,7 +314,8 @@ def write_files(out, files: dict[str, object], drop=()) -> None:
     Other entries already in `out` are carried over, except the names in `drop`. An OSError
     (disk full, no permission) is a one-line TgcError and leaves `out` as it was."""
     out = Path(out)
-    real = out.resolve() if out.is_symlink() else out
+    real = Path(os.path.abspath(out.resolve() if out.is_symlink() else out))
+    check_not_cwd(real, out)
     new = sibling(real, NEW_SUFFIX)
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
@@ -346,6 +347,14 @@ def write_files(out, files: dict[str, object], drop=()) -> None:
     finally:  # a failed save leaves nothing behind, but never deletes the only complete copy
         if new.exists() and (real.exists() or not sibling(real, OLD_SUFFIX).exists()):
             shutil.rmtree(new, ignore_errors=True)
+
+
+def check_not_cwd(real: Path, given) -> None:
+    """A checkpoint is switched in as a whole directory: never the working directory or one above it."""
+    cwd = Path.cwd()
+    if real == cwd or real in cwd.parents:
+        raise TgcError(f"{given} is the working directory or contains it; a checkpoint needs a directory of its own "
+                       "(for example --out runs/NAME)")
 
 
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:

@@ -101,7 +101,7 @@ def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("pr
     against what is available before the weights are read (from the config) and again before the
     runtime opens (from the compiled plan)."""
     def memory(cfg, section):
-        require(estimate(cfg, 1, "generate", f"generating from {ckpt}"), log)
+        require(estimate(cfg, 1, "generate", f"generating from {ckpt}"), log, backend)
 
     ck = load_checkpoint(ckpt, allow_nonfinite=allow_nonfinite, check_memory=memory)
     overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch") or 1)}

@@ -21,9 +21,13 @@ limit minus current usage, RLIMIT_AS / RLIMIT_DATA minus what the process alread
 and $TGC_MEMORY_LIMIT (bytes, or a number with K/M/G/T[iB]: a cap the user sets). Where
 none of these can be read (not Linux), the need is printed and nothing is refused.
 
-What is left out: GPU memory (wgpu does not report it; a WebGPU device that runs out
-fails when the runtime allocates its buffers), and the browser, whose runtime applies
-the same rule to manifest["wasm"]["memory_bytes"] against its 16 GiB Memory64 cap.
+The estimate refuses only a need beyond ESTIMATE_MARGIN (1.25) times what is available,
+its error against the plan; the exact figure refuses anything beyond it.
+
+What is left out: GPU memory (wgpu does not report it: on WebGPU the need is printed, not
+checked, and a device that runs out fails when the runtime allocates its buffers), and the
+browser, whose runtime applies the same rule to manifest["wasm"]["memory_bytes"] against
+its 16 GiB Memory64 cap.
 """
 
 from __future__ import annotations
@@ -200,24 +204,42 @@ def available() -> tuple[int | None, str]:
     return min(cands, key=lambda c: c[0])
 
 
-def require(need: Need | None, log=print) -> None:
-    """Print what `need` asks for and what is available; TgcError with both numbers when it does not fit."""
+ESTIMATE_MARGIN = 1.25  # the estimate refuses only what exceeds the memory available by more than its error
+
+
+def on_gpu(backend: str) -> bool:
+    """Whether `backend` runs on a WebGPU device, whose memory wgpu does not report."""
+    from tgc.runtime import choose_backend
+
+    return choose_backend(backend, None) == "webgpu"
+
+
+def require(need: Need | None, log=print, backend: str = "wasm") -> None:
+    """Print what `need` asks for and what is available; TgcError with both numbers when it does
+    not fit (an estimate only when it exceeds by more than ESTIMATE_MARGIN). On WebGPU the
+    need is the device's, which wgpu does not report: it is printed, not checked."""
     if need is None:
+        return
+    if on_gpu(backend):
+        if log:
+            log(f"memory: {need.describe()} on the GPU (wgpu does not report GPU memory; not checked)")
         return
     have, source = available()
     if log:
         log(f"memory: {need.describe()}; " + (f"{fmt_bytes(have)} available ({source})" if have is not None
                                               else "available memory unknown"))
-    if have is not None and need.bytes > have:
+    if have is not None and need.bytes > (have if need.exact else have * ESTIMATE_MARGIN):
         raise TgcError(f"{need.what} needs {'' if need.exact else 'about '}{fmt_bytes(need.bytes)} of memory, "
                        f"but only {fmt_bytes(have)} is available ({source}); {need.hint}")
 
 
-def check_manifest(manifest: dict, purpose: str = "train", what: str | None = None, log=None) -> Need:
-    """The lead's runtime-opening hook: refuse an artifact whose memory plan does not fit (TgcError
-    naming both numbers). `purpose` is "train" or "generate"; returns the need."""
+def check_manifest(manifest: dict, purpose: str = "train", what: str | None = None, log=None,
+                   backend: str = "wasm") -> Need:
+    """The runtime-opening hook: refuse an artifact whose memory plan does not fit (TgcError naming
+    both numbers). `purpose` is "train" or "generate", `backend` the one about to open (on
+    WebGPU the need is only printed); returns the need."""
     need = from_manifest(manifest, purpose, what)
-    require(need, log)
+    require(need, log, backend)
     return need
 
 
@@ -232,5 +254,5 @@ def checked_runtime(source: str, preset: str | None, overrides: dict, backend: s
 
     if choose_backend(backend, None) != "numpy":
         check_manifest(load_manifest(compiled_artifact(source, preset or "tiny", overrides, log, filename)),
-                       purpose, what, log)
+                       purpose, what, log, backend)
     return runtime_for(source, preset, overrides, backend, log, filename, programs)[0]

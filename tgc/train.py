@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tgc import presets
-from tgc.checkpoint import CONFIG, load_checkpoint, recover, save_checkpoint
+from tgc.checkpoint import CONFIG, check_not_cwd, load_checkpoint, recover, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
 from tgc.preflight import checked_runtime, estimate, fmt_bytes, param_count, require
@@ -242,6 +243,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     out = Path(out)
     validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batches, seed, stop_at, tokenizer,
                      preset, backend)
+    check_not_cwd(Path(os.path.abspath(out.resolve() if out.is_symlink() else out)), out)
     log = log or (lambda *a: None)
     try:
         if recover(out.resolve() if out.is_symlink() else out):
@@ -252,7 +254,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     if resume:
         def memory(cfg, section):
             b = batch or section.get("batch") or 1
-            require(estimate(cfg, b, "train", f"training {section.get('preset') or 'this model'} (batch {b})"), log)
+            require(estimate(cfg, b, "train", f"training {section.get('preset') or 'this model'} (batch {b})"), log,
+                    backend)
 
         ck = load_checkpoint(out, resume=True, check_memory=memory)
     else:
@@ -296,7 +299,7 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     what = f"training {s['preset']} (batch {B})"
     need = estimate(config, B, "train", what)
     if ck is None:
-        require(need, log)
+        require(need, log, backend)
     n_params = param_count(config) if need is not None else 0
     check_writable(out, 3 * 4 * n_params + 4 * (len(data.val) + 1024))
 
