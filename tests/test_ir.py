@@ -62,6 +62,7 @@ small = st.integers(1, 4)
 UNARY = {
     "neg": (b.neg, False), "exp": (b.exp, False), "log": (b.log, True), "sqrt": (b.sqrt, True),
     "recip": (b.recip, True), "tanh": (b.tanh, False), "erf": (b.erf, False), "cos": (b.cos, False),
+    "sin": (b.sin, False),
 }
 BINARY = {"add": b.add, "sub": b.sub, "mul": b.mul, "div": b.div, "max": b.maximum, "min": b.minimum}
 

@@ -82,7 +82,7 @@ def test_concat_of_head_layouts(tmp_path, bt, h, t, hd, n):
         assert split_pieces(L, j, outs) is not None
 
 
-@pytest.mark.parametrize("op", ["exp", "log", "tanh", "erf", "cos", "sqrt", "recip", "neg"])
+@pytest.mark.parametrize("op", ["exp", "log", "tanh", "erf", "cos", "sin", "sqrt", "recip", "neg"])
 def test_math_functions(tmp_path, op):
     """Each unary op over a wide range, in wasm vs numpy's f32 (f64 inside) results."""
     r = np.random.default_rng(3)
@@ -93,18 +93,18 @@ def test_math_functions(tmp_path, op):
     if op == "exp":
         v = np.concatenate([v, [-100.0, 88.0, 89.0, -np.inf, np.inf]]).astype(np.float32)
     x = b.input("x", v.shape)
-    fn = {"exp": b.exp, "log": b.log, "tanh": b.tanh, "erf": b.erf, "cos": b.cos, "sqrt": b.sqrt,
+    fn = {"exp": b.exp, "log": b.log, "tanh": b.tanh, "erf": b.erf, "cos": b.cos, "sin": b.sin, "sqrt": b.sqrt,
           "recip": b.recip, "neg": b.neg}[op]  # fmt: skip
     s, rt = run_graph(tmp_path, {"out": fn(x)}, {"x": v}, rtol=1e-5)
     got = rt.read_tensor(harness.PROGRAM, s.outputs["out"]).astype(np.float64)
-    want64 = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "cos": np.cos, "erf": np.vectorize(math.erf)}.get(op)
+    want64 = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "cos": np.cos, "sin": np.sin, "erf": np.vectorize(math.erf)}.get(op)
     if want64 is not None:  # the documented accuracy (docs/wasm.md): ulps of the f64 result
         with np.errstate(all="ignore"):
             w = want64(v.astype(np.float64))
         ok = (np.abs(w) > 1.2e-38) & (np.abs(w) < 3.4e38)
         ulp = np.abs(got[ok] - w[ok]) / np.spacing(np.abs(w[ok]).astype(np.float32))
         print(f"{op}: max {ulp.max():.2f} ulp")
-        assert ulp.max() <= {"exp": 2, "log": 2, "tanh": 3, "cos": 2, "erf": 3}[op]
+        assert ulp.max() <= {"exp": 2, "log": 2, "tanh": 3, "cos": 2, "sin": 2, "erf": 3}[op]
 
 
 @HYP

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tgc import __version__, presets
+from tgc import __version__, family, presets
 from tgc.errors import TgcError
 from tgc.tokenizer import Tokenizer, byte_tokenizer, hf_tokenizer, tokenizer_from_json
 
@@ -62,7 +62,10 @@ HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 # ---- GPT-2 layout
 
 def param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """GPT-2's parameter names and shapes (Conv1D weights [in, out]) in declaration order."""
+    """GPT-2's parameter names and shapes (Conv1D weights [in, out]) in declaration order
+    (another family's: its model file's parameters, tgc/family.py)."""
+    if cfg.get("family"):
+        return family.param_shapes(cfg)
     V, T, d = cfg["vocab"], cfg["ctx"], cfg["d"]
     shapes = {"transformer.wte.weight": (V, d), "transformer.wpe.weight": (T, d)}
     for i in range(cfg["layers"]):
@@ -81,6 +84,8 @@ def param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 
 def hf_config(cfg: dict, tgc: dict) -> dict:
     """config.json for model config `cfg` (vocab, ctx, d, heads, layers[, eps, activation])."""
+    if cfg.get("family"):
+        return family.hf_config(cfg, tgc)
     return {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
@@ -107,7 +112,11 @@ def hf_config(cfg: dict, tgc: dict) -> dict:
 
 
 def model_config_from_hf(hf: dict, where: str) -> dict:
-    """The tgc model config of a GPT2Config dict; TgcError for what gpt.tg cannot express."""
+    """The tgc model config of a GPT2Config dict; TgcError for what gpt.tg cannot express. Another
+    family's config.json (its model_type) gives that family's config (tgc/family.py)."""
+    fam = family.for_model_type(hf.get("model_type"))
+    if fam is not None:
+        return family.config_from_hf(fam, hf, where)
     _validate_hf_config(hf, where)
     if hf.get("model_type") != "gpt2":
         raise TgcError(f"{where}: model_type is {hf.get('model_type')!r}; only GPT-2 ('gpt2') checkpoints are supported")
@@ -141,7 +150,10 @@ def model_config_from_hf(hf: dict, where: str) -> dict:
 
 def model_source(cfg: dict, base: str | None = None) -> str:
     """gpt.tg's text for `cfg`: the packaged model, its MLP switched to gelu_tanh and its
-    eps default changed where the config asks for them."""
+    eps default changed where the config asks for them. Another family's is its model file as it is
+    (every config value, eps included, comes from config.json)."""
+    if cfg.get("family"):
+        return base if base is not None else family.source(cfg["family"])
     src = base if base is not None else presets.default_model_path().read_text()
     if cfg.get("activation", "gelu") == "gelu_tanh":
         src, n = re.subn(r"\bgelu\(", "gelu_tanh(", src)
@@ -409,8 +421,9 @@ def save_checkpoint(out, params: dict, config: dict, tokenizer: Tokenizer, tgc: 
     if tokenizer.vocab_size != config["vocab"]:
         raise TgcError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab is {config['vocab']}")
     cid = uuid.uuid4().hex
-    tgc = {"version": __version__, **(tgc or {}), "model_file": MODEL_SOURCE, "checkpoint_id": cid,
-           "activation": config.get("activation", "gelu")}
+    tgc = {"version": __version__, **(tgc or {}), "model_file": MODEL_SOURCE, "checkpoint_id": cid}
+    if not config.get("family"):  # GPT-2's MLP variant; other families have one
+        tgc["activation"] = config.get("activation", "gelu")
     meta = {"format": "pt", "tgc_checkpoint_id": cid}
     weights = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in shapes}
     files: dict[str, object] = {
@@ -497,7 +510,8 @@ def field_value(obj: dict, key: str, where: str, kind: str, *, required: bool = 
 def _validate_hf_config(hf: dict, where: str) -> None:
     """Every GPT2Config field tgc reads, typed and in range (n_head 0 or a string epsilon is an error here)."""
     if hf.get("model_type") != "gpt2":
-        raise TgcError(f"{where}: model_type is {_show(hf.get('model_type'))}; only GPT-2 ('gpt2') checkpoints are supported")
+        raise TgcError(f"{where}: model_type is {_show(hf.get('model_type'))}; supported: "
+                       f"{', '.join(map(repr, family.model_types()))}")
     for key in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"):
         field_value(hf, key, where, "int", required=True, lo=1, hi=_MAX_DIM)
     field_value(hf, "n_inner", where, "int", lo=1)
@@ -614,8 +628,9 @@ class Checkpoint:
 
     @property
     def compile_config(self) -> dict:
-        """The five gpt.tg config values (eps and activation live in model.tg)."""
-        return presets.model_config(self.config)
+        """The five gpt.tg config values (eps and activation live in model.tg); another family's: every
+        config value of its model file."""
+        return presets.model_config(self.config, self.config.get("family", presets.GPT))
 
 
 def _read_json(p: Path) -> dict:
@@ -857,7 +872,8 @@ def _refuse_existing(out: Path, cfg: dict) -> None:
         have = model_config_from_hf(json.loads((out / CONFIG).read_text()), str(out / CONFIG))
     except (TgcError, OSError, UnicodeDecodeError, json.JSONDecodeError):
         have = None
-    if have is not None and presets.model_config(have) != presets.model_config(cfg):
+    if have is not None and have.get("family") == cfg.get("family") and (
+            presets.model_config(have, have.get("family", presets.GPT)) != presets.model_config(cfg, cfg.get("family", presets.GPT))):
         raise TgcError(f"{out} holds a checkpoint of another shape ({_shape_text(have)}; this model: "
                        f"{_shape_text(cfg)}); nothing was changed: import into a new directory")
     raise TgcError(f"{out} already holds a checkpoint; nothing was changed: import into a new directory")
@@ -893,24 +909,27 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
     src, out = Path(src_dir), Path(out_dir)
     check_import_target(src, out)
     if not src.is_dir():
-        raise TgcError(f"{src}: not a directory (expected a Hugging Face GPT-2 save_pretrained directory)")
+        raise TgcError(f"{src}: not a directory (expected a Hugging Face save_pretrained directory: "
+                       f"{', '.join(family.model_types())})")
     hf = _read_json(src / CONFIG)
     cfg = model_config_from_hf(hf, str(src / CONFIG))
+    fam = cfg.get("family", presets.GPT)
     _refuse_existing(out, cfg)
-    params = _gpt2_names(_read_hf_weights(src), str(src))
+    sd = _read_hf_weights(src)
+    params = _gpt2_names(sd, str(src)) if fam == presets.GPT else sd  # another family's names are the model file's
     _check_tensors(params, param_shapes(cfg), "the model's weights", str(src))
     tok = _hf_tokenizer(src, cfg["vocab"])
     if tok.vocab_size != cfg["vocab"]:
         raise TgcError(f"{src}: tokenizer has {tok.vocab_size} tokens but vocab_size is {cfg['vocab']}")
     match = None
-    for name in presets.preset_names():
-        p = presets.get_preset(name)
-        if presets.model_config(p) == presets.model_config(cfg):
+    for name in presets.preset_names(fam):
+        p = presets.model_config(presets.get_preset(name, fam), fam)
+        if p == {k: v for k, v in presets.model_config(cfg, fam).items() if k in p}:
             match = name
             break
     if batch is None:
         batch = 1
     tgc = {"preset": preset or match, "batch": int(batch), "step": 0, "imported_from": str(src.resolve()),
-           "model_origin": presets.default_model_path().name,
+           "model_origin": presets.family_model_path(fam).name,
            "params": sum(math.prod(s) for s in param_shapes(cfg).values())}
     return save_checkpoint(out, params, cfg, tok, tgc, source=model_source(cfg))

@@ -86,6 +86,7 @@ def compile_model(
     """Compile the model file `model_path` (or DSL text `source`, whose errors name `filename`)
     for a preset (plus overrides); with `out`, write the artifact there (with `profile`, the
     wasm module also exports each launch on its own, for timing)."""
+    from tgc.frontend import ast as A
     from tgc.frontend import load_model, parse_file, parse_text
     from tgc.frontend.ast import format_module
 
@@ -104,9 +105,11 @@ def compile_model(
     else:
         model_path = Path(filename or "model.tg")
         module = parse_text(source, str(model_path))
-    p = presets.get_preset(preset)
+    header = next((it for it in module.items if isinstance(it, A.Config)), None)
+    family = header.name if header is not None else presets.GPT  # whose presets (tgc/presets.py)
+    p = presets.get_preset(preset, family)
     p.update(overrides or {})
-    config = presets.model_config(p)
+    config = presets.model_config(p, family)
     train = presets.train_defaults()
     batch = int(p["batch"])
 

@@ -58,7 +58,11 @@ def fmt_bytes(n: float) -> str:
 
 def param_count(cfg: dict) -> int:
     """GPT-2's parameter count for config (vocab, ctx, d, layers), in closed form; equals the
-    sum over tgc.checkpoint.param_shapes(cfg) without building it."""
+    sum over tgc.checkpoint.param_shapes(cfg) without building it (another family's: that sum)."""
+    if cfg.get("family"):
+        from tgc.family import param_count as family_count
+
+        return family_count(cfg)
     V, T, d, L = (int(cfg[k]) for k in ("vocab", "ctx", "d", "layers"))
     per_layer = 12 * d * d + 13 * d  # c_attn 3d^2+3d, c_proj d^2+d, c_fc 4d^2+4d, mlp proj 4d^2+d, 2 LNs 4d
     return V * d + T * d + L * per_layer + 2 * d
@@ -80,7 +84,7 @@ class Need:
 def estimate(cfg: dict, batch: int, purpose: str, what: str | None = None) -> Need | None:
     """The memory a run of gpt.tg with `cfg` needs, before compiling; None when the config is
     not gpt.tg's (a model file with other config names is checked after compiling only)."""
-    if not all(isinstance(cfg.get(k), int) for k in ("vocab", "ctx", "d", "heads", "layers")):
+    if cfg.get("family") or not all(isinstance(cfg.get(k), int) for k in ("vocab", "ctx", "d", "heads", "layers")):
         return None
     V, T, d, H, L = (cfg[k] for k in ("vocab", "ctx", "d", "heads", "layers"))
     P = param_count(cfg)

@@ -1,7 +1,14 @@
-"""The preset ladder and training defaults from models/presets.toml."""
+"""The preset ladders and training defaults: models/presets.toml, and one file per model family.
+
+A model file's family is the name of its config header (`config GPT(...)`, `config Llama(...)`).
+GPT's presets are models/presets.toml; another family's are models/<name in lower case>.toml,
+which also describes its Hugging Face checkpoints (tgc/family.py). Training defaults ([train])
+are presets.toml's for every family.
+"""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -21,18 +28,54 @@ def default_model_path() -> Path:
     return models_dir() / "gpt.tg"
 
 
-def _load() -> dict:
-    return tomllib.loads((models_dir() / "presets.toml").read_text())
+GPT = "GPT"  # the family of gpt.tg, whose presets are presets.toml
 
 
-def preset_names() -> list[str]:
-    return list(_load()["presets"])
+def family_of(source: str) -> str:
+    """The family of a model's DSL text: its config header's name (GPT where it has none)."""
+    m = re.search(r"^\s*config\s+([A-Za-z_][A-Za-z0-9_]*)", source, re.MULTILINE)
+    return m.group(1) if m else GPT
 
 
-def get_preset(name: str) -> dict:
-    presets = _load()["presets"]
+def family_file(family: str) -> Path:
+    return models_dir() / ("presets.toml" if family == GPT else f"{family.lower()}.toml")
+
+
+def family_names() -> list[str]:
+    """GPT and every family with a file in models/ that describes its checkpoints ([hf])."""
+    names = [GPT]
+    for p in sorted(models_dir().glob("*.toml")):
+        if p.name != "presets.toml" and (models_dir() / f"{p.stem}.tg").exists():
+            names.append(family_of((models_dir() / f"{p.stem}.tg").read_text()))
+    return names
+
+
+def family_model_path(family: str) -> Path:
+    return default_model_path() if family == GPT else models_dir() / f"{family.lower()}.tg"
+
+
+def _load(family: str = GPT) -> dict:
+    p = family_file(family)
+    if not p.exists():
+        raise TgcError(f"model family {family!r} has no presets file ({p.name} in {models_dir()}); "
+                       f"known families: {', '.join(family_names())}")
+    return tomllib.loads(p.read_text())
+
+
+def family_info(family: str) -> dict | None:
+    """A non-GPT family's [hf] table (tgc/family.py); None for GPT, whose description is code."""
+    return None if family == GPT else _load(family).get("hf")
+
+
+def preset_names(family: str = GPT) -> list[str]:
+    return list(_load(family)["presets"])
+
+
+def get_preset(name: str, family: str = GPT) -> dict:
+    presets = _load(family)["presets"]
     if name not in presets:
-        raise TgcError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+        what = "" if family == GPT else f" for the {family} family"
+        raise TgcError(f"unknown preset {name!r}{what}; choose one of: {', '.join(presets)}")
     return dict(presets[name])
 
 
@@ -40,6 +83,7 @@ def train_defaults() -> dict:
     return dict(_load()["train"])
 
 
-def model_config(preset: dict) -> dict:
-    """The config values gpt.tg takes, from a preset table."""
-    return {k: preset[k] for k in ("vocab", "ctx", "d", "heads", "layers") if k in preset}
+def model_config(preset: dict, family: str = GPT) -> dict:
+    """The config values the family's model file takes, from a preset table (or a checkpoint's config)."""
+    keys = ("vocab", "ctx", "d", "heads", "layers") if family == GPT else tuple(family_info(family)["config"])
+    return {k: preset[k] for k in keys if k in preset}

@@ -139,6 +139,7 @@ F32_OPS = {
     Op.SQRT: _fcall("llvm.sqrt.f32"),
     Op.EXP: lambda g, e, s: g.b.call(g.lib.get(Op.EXP), s), Op.LOG: lambda g, e, s: g.b.call(g.lib.get(Op.LOG), s),
     Op.TANH: lambda g, e, s: g.b.call(g.lib.get(Op.TANH), s), Op.COS: lambda g, e, s: g.b.call(g.lib.get(Op.COS), s),
+    Op.SIN: lambda g, e, s: g.b.call(g.lib.get(Op.SIN), s),
     Op.ERF: lambda g, e, s: g.b.call(g.kmath(Op.ERF), s),
     Op.CMPLT: _icmp, Op.CMPEQ: _icmp,
     Op.WHERE: lambda g, e, s: g.b.select(g.b.fcmp_unordered("!=", s[0], _cf(0.0)), s[1], s[2]),

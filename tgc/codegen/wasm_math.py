@@ -1,4 +1,4 @@
-"""Math functions for wasm, which has no transcendental instructions: exp, log, tanh and cos as
+"""Math functions for wasm, which has no transcendental instructions: exp, log, tanh, cos and sin as
 branch-free LLVM IR (erf is defined once for every target in tgc/ir/kmath.py).
 
 Each is an internal, always-inlined function, so loops that call it still vectorize.
@@ -22,7 +22,7 @@ def _cf(v) -> ir.Constant:
 
 
 class MathLib:
-    """f32 exp/log/tanh/cos as internal, branch-free, always-inlined LLVM functions, so
+    """f32 exp/log/tanh/cos/sin as internal, branch-free, always-inlined LLVM functions, so
     that loops calling them still vectorize. Max errors measured in tests/test_wasm.py."""
 
     # Cephes expf/logf/sinf/cosf minimax coefficients; tanh's small branch is a least-squares fit
@@ -113,6 +113,12 @@ class MathLib:
         return b.select(b.fcmp_unordered("<", a, _cf(0.625)), small, big)
 
     def _cos(self, b, x):
+        return self._quadrant(b, x, 0)
+
+    def _sin(self, b, x):
+        return self._quadrant(b, x, 3)  # sin(x) = cos(x + 3 pi/2): the same reduction, quadrant + 3
+
+    def _quadrant(self, b, x, shift):
         # n = round(x / (pi/2)), r = x - n pi/2 in three parts (Cody-Waite); quadrant picks +-sin/cos
         n = self._round(b, b.fmul(x, _cf(2 / math.pi)))
         r = x
@@ -121,10 +127,8 @@ class MathLib:
         z = b.fmul(r, r)
         s = b.fadd(b.fmul(b.fmul(self._poly(b, z, self.SIN), z), r), r)
         c = b.fadd(b.fsub(b.fmul(b.fmul(self._poly(b, z, self.COS), z), z), b.fmul(z, _cf(0.5))), _cf(1.0))
-        q = b.and_(b.fptosi(n, I32), ir.Constant(I32, 3))
+        q = b.and_(b.add(b.fptosi(n, I32), ir.Constant(I32, shift)), ir.Constant(I32, 3))
         odd = b.icmp_unsigned("==", b.and_(q, ir.Constant(I32, 1)), ir.Constant(I32, 0))
         v = b.select(odd, c, s)
         neg = b.icmp_unsigned("==", b.and_(b.add(q, ir.Constant(I32, 1)), ir.Constant(I32, 2)), ir.Constant(I32, 2))
         return b.select(neg, b.fneg(v), v)
-
-

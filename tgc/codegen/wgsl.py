@@ -49,6 +49,7 @@ OPS = {
     Op.TANH: lambda a: f"tanh(clamp({a}, -15.0, 15.0))",  # some drivers give NaN for large |x|
     Op.ERF: lambda a: f"tgc_erf({a})",  # tgc/ir/kmath.py
     Op.COS: lambda a: f"cos({a})",
+    Op.SIN: lambda a: f"sin({a})",
     Op.CMPLT: lambda a, b: f"select(0.0, 1.0, {a} < {b})",
     Op.CMPEQ: lambda a, b: f"select(0.0, 1.0, {a} == {b})",
     Op.WHERE: lambda c, a, b: f"select({b}, {a}, {c} != 0.0)",

@@ -21,7 +21,8 @@ BUILTIN_ARITY: dict[str, tuple[int, int]] = {
     "embed": (2, 2), "positions": (1, 1), "layernorm": (3, 4), "causal_attention": (4, 4),
     "cross_entropy": (2, 2), "split": (2, 3), "transpose": (1, 1), "reshape": (2, 2), "permute": (2, 2),
     "gelu": (1, 1), "gelu_tanh": (1, 1), "relu": (1, 1), "softmax": (1, 2),
-    "exp": (1, 1), "log": (1, 1), "sqrt": (1, 1), "tanh": (1, 1),
+    "exp": (1, 1), "log": (1, 1), "sqrt": (1, 1), "tanh": (1, 1), "cos": (1, 1), "sin": (1, 1),
+    "concat": (2, 3), "expand": (2, 2), "float": (1, 1), "arange": (1, 1),
     "sum": (2, 2), "mean": (2, 2), "max": (2, 2),
 }
 CONST_FUNCS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}  # allowed in size/std expressions

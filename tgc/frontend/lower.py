@@ -471,6 +471,38 @@ def _softmax(L, v, e, loc):
     return build.softmax(x, axis, loc)
 
 
+def _concat(L, v, e, loc):
+    """concat(a, b[, axis]): b after a along `axis` (default last): the sum of the two, each
+    zero-padded to the joint size, so the movement ops' rules (gradient: a slice) do the rest."""
+    a, b = (L.tensor(v[i], e[i], f"{'first' if i == 0 else 'second'} argument of concat", "f32") for i in (0, 1))
+    axis = L.axis(v[2], e[2], a) if len(v) > 2 else a.ndim - 1
+    if a.ndim != b.ndim or any(s != t for i, (s, t) in enumerate(zip(a.shape, b.shape)) if i != axis):
+        _fail(f"concat: shapes {list(a.shape)} and {list(b.shape)} differ outside axis {axis}", loc)
+    n, m = a.shape[axis], b.shape[axis]
+    return build.add(build.pad(a, axis, 0, m, loc), build.pad(b, axis, n, 0, loc), loc)
+
+
+def _expand(L, v, e, loc):
+    x = L.tensor(v[0], e[0], "argument of expand")
+    if not isinstance(v[1], list):
+        _fail(f"expand needs a list of dims like [B, T, d], got a {_kind(v[1])}", e[1].loc)
+    dims = tuple(as_int(d, e[1].loc, "dim") for d in v[1])
+    if len(dims) < x.ndim or any(s not in (1, t) for s, t in zip(x.shape, dims[len(dims) - x.ndim:])):
+        _fail(f"cannot broadcast {list(x.shape)} to {list(dims)}", loc)
+    return build.expand(x, dims, loc)
+
+
+def _float(L, v, e, loc):
+    return build.cast(L.tensor(v[0], e[0], "argument of float", "i32"), "f32", loc)
+
+
+def _arange(L, v, e, loc):
+    n = L.int(v[0], e[0], "length of arange")
+    if n < 1:
+        _fail(f"arange needs a positive length, got {n}", e[0].loc)
+    return build.cast(build.iota((n,), 0), "f32", loc)
+
+
 def _reduction(fn):
     def lower(L, v, e, loc):
         x = L.tensor(v[0], e[0], "argument", "f32")
@@ -497,6 +529,12 @@ _BUILTINS = {
     "log": _unary_math(build.log, math.log),
     "sqrt": _unary_math(build.sqrt, math.sqrt),
     "tanh": _unary_math(build.tanh, math.tanh),
+    "cos": _unary_math(build.cos, math.cos),
+    "sin": _unary_math(build.sin, math.sin),
+    "concat": _concat,
+    "expand": _expand,
+    "float": _float,
+    "arange": _arange,
     "sum": _reduction(build.reduce_sum),
     "mean": _reduction(build.mean),
     "max": _reduction(build.reduce_max),

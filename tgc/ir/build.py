@@ -107,7 +107,7 @@ def _un(op):
     return lambda x, loc=None: make(op, (x,), None, loc or x.loc)
 
 
-neg, exp, log, sqrt, recip, tanh, erf, cos = map(_un, (Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RECIP, Op.TANH, Op.ERF, Op.COS))
+neg, exp, log, sqrt, recip, tanh, erf, cos, sin = map(_un, (Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RECIP, Op.TANH, Op.ERF, Op.COS, Op.SIN))
 
 
 def cast(x: Node, dtype: str, loc=None) -> Node:

@@ -25,6 +25,7 @@ class Op(Enum):
     TANH = auto()
     ERF = auto()
     COS = auto()
+    SIN = auto()
     CAST = auto()       # arg=dtype
     # binary elementwise (numpy broadcasting is made explicit with EXPAND first)
     ADD = auto()
@@ -67,7 +68,7 @@ class Op(Enum):
 
 class GroupOp:
     Leaf = frozenset({Op.INPUT, Op.CONST, Op.UNIFORM, Op.IOTA})
-    Unary = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RECIP, Op.TANH, Op.ERF, Op.COS, Op.CAST})
+    Unary = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RECIP, Op.TANH, Op.ERF, Op.COS, Op.SIN, Op.CAST})
     Binary = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.CMPLT, Op.CMPEQ})
     Ternary = frozenset({Op.WHERE})
     Elementwise = Unary | Binary | Ternary

@@ -280,6 +280,10 @@ def _g_cos(n, g):
     return (b.neg(b.mul(g, b.cos(b.sub(x, b.full_like(x, math.pi / 2))))),)
 
 
+def _g_sin(n, g):
+    return (_b().mul(g, _b().cos(n.srcs[0])),)
+
+
 def _g_cast(n, g):
     return (None,)
 
@@ -453,6 +457,7 @@ RULES[Op.RECIP] = OpRule(_unary_shape, lambda a, x: 1 / x, _g_recip)
 RULES[Op.TANH] = OpRule(_unary_shape, lambda a, x: np.tanh(x), _g_tanh)
 RULES[Op.ERF] = OpRule(_unary_shape, lambda a, x: np.asarray(_erf(x), dtype=x.dtype), _g_erf)
 RULES[Op.COS] = OpRule(_unary_shape, lambda a, x: np.cos(x), _g_cos)
+RULES[Op.SIN] = OpRule(_unary_shape, lambda a, x: np.sin(x), _g_sin)
 RULES[Op.CAST] = OpRule(_unary_shape, _np_cast, _g_cast)
 RULES[Op.ADD] = OpRule(_binary_shape, lambda a, x, y: x + y, _g_add)
 RULES[Op.SUB] = OpRule(_binary_shape, lambda a, x, y: x - y, _g_sub)
