@@ -113,7 +113,7 @@ def _int_option(name: str, v, lo: int, hi: int | None = None, optional: bool = T
 
 
 def validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batches, seed, stop_at, tokenizer,
-                     preset, backend) -> None:
+                     preset, backend, family: str = presets.GPT) -> None:
     """Every number and name train() takes, checked before anything is read or compiled."""
     _int_option("steps", steps, 1, 10**9, optional=False)
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
@@ -130,7 +130,7 @@ def validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batc
 
         parse_spec(tokenizer)
     if preset is not None:
-        presets.get_preset(preset)
+        presets.get_preset(preset, family)
     from tgc.runtime import BACKENDS
 
     if backend not in BACKENDS:
@@ -241,8 +241,17 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     need (estimated, then from the compiled plan) must fit. A non-finite loss or weight stops
     the run with Diverged and leaves the last finite checkpoint as it was."""
     out = Path(out)
+    source = None
+    if not resume:  # the model file names its family, whose presets --preset picks from
+        mp = Path(model_path) if model_path else presets.default_model_path()
+        if not mp.is_file():
+            raise TgcError(f"model file not found: {mp}")
+        try:
+            source = mp.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise TgcError(f"cannot read the model file {mp}: {e}") from None
     validate_options(steps, lr, batch, warmup, eval_every, ckpt_every, eval_batches, seed, stop_at, tokenizer,
-                     preset, backend)
+                     preset, backend, presets.family_of(source) if source is not None else presets.GPT)
     check_not_cwd(Path(os.path.abspath(out.resolve() if out.is_symlink() else out)), out)
     log = log or (lambda *a: None)
     try:
@@ -266,7 +275,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     s = _settings(ck.state if ck else None, given,
                   {"preset": "tiny", "corpus": "shakespeare", "tokenizer": "byte", "seed": 0, "lr": defaults["lr"],
                    "warmup": min(defaults["warmup_steps"], max(1, steps // 10))}, log)
-    p = presets.get_preset(s["preset"])
+    family = presets.family_of(ck.source if ck is not None else source)
+    p = presets.get_preset(s["preset"], family)
     s["batch"] = int(s["batch"] or p["batch"])
     if ck is not None and ck.state.get("total_steps") not in (None, steps):
         log(f"note: the checkpoint planned {ck.state['total_steps']} steps, this run plans {steps}: the learning-rate "
@@ -279,7 +289,11 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     if ck is None and tok.kind.startswith("bpe:") and tok.vocab_size != int(tok.kind[4:]):
         log(f"note: the corpus gave a BPE vocabulary of {tok.vocab_size} tokens, not {tok.kind[4:]}; the model uses {tok.vocab_size}")
     p["vocab"] = tok.vocab_size
-    config = presets.model_config(p)
+    config = presets.model_config(p, family)
+    if family != presets.GPT:  # every config value, the model file's defaults (eps, theta) included
+        from tgc.family import full_config
+
+        config = full_config({**config, "family": family})
     if ck is not None:
         if ck.compile_config != config:
             raise TgcError(f"checkpoint config {ck.compile_config} does not match preset {s['preset']} {config}")
@@ -287,13 +301,6 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
         model_file = ck.tgc.get("model_origin", "gpt.tg")
         filename = str(ck.path / "model.tg")
     else:
-        mp = Path(model_path) if model_path else presets.default_model_path()
-        if not mp.is_file():
-            raise TgcError(f"model file not found: {mp}")
-        try:
-            source = mp.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise TgcError(f"cannot read the model file {mp}: {e}") from None
         model_file, filename = mp.name, str(mp)
     B, T = s["batch"], config["ctx"]
     what = f"training {s['preset']} (batch {B})"
@@ -357,7 +364,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                  "schedule": {"eval_every": eval_every, "ckpt_every": ckpt_every, "eval_batches": eval_batches},
                  "history": history, "val_history": val_history}
         png = loss_curve_png(history, val_history, f"{s['preset']} on {data.name} ({tok.kind}), step {step}")
-        save_checkpoint(out, params, {**config, "activation": "gelu"}, tok, tgc, optimizer=moments, state=state,
+        ck_config = {**config, "activation": "gelu"} if family == presets.GPT else {**config, "family": family}
+        save_checkpoint(out, params, ck_config, tok, tgc, optimizer=moments, state=state,
                         source=source, extra={"loss.png": png} if png else None)
         saved = step
 
