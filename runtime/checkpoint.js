@@ -19,8 +19,10 @@ const enc = new TextEncoder();
 const dec = new TextDecoder();
 const json = (o) => enc.encode(JSON.stringify(o, null, 2) + "\n");
 
-/** config.json for model config cfg {vocab, ctx, d, heads, layers, eps, activation}. */
-export function hfConfig(cfg, tgc) {
+/** config.json for model config cfg {vocab, ctx, d, heads, layers, eps, activation}; a model of
+ * another family brings its config.json as `template` (the manifest's model.hf_config). */
+export function hfConfig(cfg, tgc, template = null) {
+  if (template) return { ...template, eos_token_id: cfg.eos_token_id ?? null, tgc };
   return {
     model_type: "gpt2", architectures: ["GPT2LMHeadModel"], vocab_size: cfg.vocab, n_positions: cfg.ctx, n_embd: cfg.d,
     n_layer: cfg.layers, n_head: cfg.heads, n_inner: null, activation_function: HF_ACTIVATION[cfg.activation || "gelu"],
@@ -31,8 +33,17 @@ export function hfConfig(cfg, tgc) {
   };
 }
 
-/** The model config of a GPT2Config, or an Error for what tgc cannot run. */
-export function configFromHF(hf, where = "config.json") {
+/** The model config of a GPT2Config, or an Error for what tgc cannot run. A checkpoint of another
+ * family must be of the artifact's model: every field of `template` (the manifest's
+ * model.hf_config) but the token ids equal, and then its config is `modelConfig`. */
+export function configFromHF(hf, where = "config.json", template = null, modelConfig = null) {
+  if (template && hf.model_type === template.model_type) {
+    for (const [k, v] of Object.entries(template)) {
+      if (k.endsWith("_token_id")) continue;
+      if (JSON.stringify(hf[k] ?? null) !== JSON.stringify(v)) throw new Error(`the checkpoint is for another model: its ${k} is ${JSON.stringify(hf[k] ?? null)}, this artifact's is ${JSON.stringify(v)} (bundle that checkpoint to load it)`);
+    }
+    return { ...modelConfig };
+  }
   if (hf.model_type !== "gpt2") throw new Error(`${where}: model_type is ${JSON.stringify(hf.model_type)}; only GPT-2 checkpoints are supported`);
   const cfg = { vocab: hf.vocab_size, ctx: hf.n_positions, d: hf.n_embd, heads: hf.n_head, layers: hf.n_layer };
   for (const [k, v] of Object.entries(cfg)) if (!Number.isInteger(v)) throw new Error(`${where}: missing or bad ${k}`);
@@ -50,7 +61,7 @@ export function checkpointId() {
 
 /** Pack a checkpoint: {params: {name: {shape, data}}, optimizer?, config, tgc, tokenizerJSON,
  * tokenizerKind, source?, state?} -> {bytes: Uint8Array (zip), name, files: [names]}. */
-export function packCheckpoint({ folder, params, optimizer, config, tgc, tokenizerJSON, tokenizerKind, source, state }) {
+export function packCheckpoint({ folder, params, optimizer, config, tgc, tokenizerJSON, tokenizerKind, source, state, template = null }) {
   const cid = checkpointId();
   const meta = { format: "pt", tgc_checkpoint_id: cid };
   const files = {
@@ -61,7 +72,8 @@ export function packCheckpoint({ folder, params, optimizer, config, tgc, tokeniz
   if (optimizer) files["optimizer.safetensors"] = writeSafetensors(optimizer, meta);
   if (state) files["trainer_state.json"] = json({ ...state, checkpoint_id: cid });
   files["model.safetensors"] = writeSafetensors(params, meta);
-  files["config.json"] = json(hfConfig(config, { ...tgc, model_file: "model.tg", checkpoint_id: cid, activation: config.activation || "gelu" }));
+  const section = { ...tgc, model_file: "model.tg", checkpoint_id: cid, ...(template ? {} : { activation: config.activation || "gelu" }) };
+  files["config.json"] = json(hfConfig(config, section, template));
   const tree = {};
   for (const [n, b] of Object.entries(files)) tree[`${folder}/${n}`] = [b, { level: n.endsWith(".safetensors") ? 1 : 6 }];
   return { bytes: zipSync(tree), name: `${folder}.zip`, files: Object.keys(files), checkpointId: cid };
@@ -88,17 +100,19 @@ export function checkpointFiles(input) {
 }
 
 /** Parse and check a checkpoint's files -> {config, hf, tgc, params, optimizer?, state?, tokenizerJSON?, tokenizerKind?, source?}. */
-export function readCheckpoint(files) {
+export function readCheckpoint(files, template = null, modelConfig = null) {
   const need = (n) => { if (!files[n]) throw new Error(`the checkpoint has no ${n}`); return files[n]; };
   const parse = (n) => { try { return JSON.parse(dec.decode(need(n))); } catch (e) { throw new Error(`${n}: corrupt (${e.message})`); } };
   const hf = parse("config.json");
-  const config = configFromHF(hf);
+  const config = configFromHF(hf, "config.json", template, modelConfig);
+  const gpt2 = hf.model_type === "gpt2";  // GPT-2's names are normalized; another family's are the model file's
   const tgc = hf.tgc || {};
   const cid = tgc.checkpoint_id;
   const w = readSafetensors(need("model.safetensors"), "model.safetensors");
   if (cid && w.metadata.tgc_checkpoint_id !== cid) throw new Error("model.safetensors and config.json are from different saves (an interrupted copy?)");
   const params = {};
   for (const [k, v] of Object.entries(w.tensors)) {
+    if (!gpt2) { params[k] = v; continue; }
     if (k === "lm_head.weight" || /\.attn\.(masked_)?bias$/.test(k) && v.shape.length !== 1) continue;
     params[k.startsWith("transformer.") ? k : `transformer.${k}`] = v;
   }

@@ -115,7 +115,9 @@ export class Model {
     this.source = source;
     this.log = log;
     const mc = manifest.model.config;
-    this.config = { ...mc, activation: mc.activation || (source && /\bgelu_tanh\(/.test(source) ? "gelu_tanh" : "gelu"), eps: mc.eps ?? epsFromSource(source) };
+    this.hfTemplate = manifest.model.hf_config || null;  // a family other than GPT-2 (tgc/family.py)
+    this.config = this.hfTemplate ? { ...mc }
+      : { ...mc, activation: mc.activation || (source && /\bgelu_tanh\(/.test(source) ? "gelu_tanh" : "gelu"), eps: mc.eps ?? epsFromSource(source) };
     this.batch = manifest.model.batch;
     this.setTokenizer(tokenizer);
     const tr = manifest.model.train || {};
@@ -357,6 +359,7 @@ export class Model {
         folder: folder || `tgc-${s.preset || "model"}-step${this.step}`, params, optimizer,
         config: { ...this.config, eos_token_id: this.eosTokenId }, tgc,
         tokenizerJSON: this.tokenizer.toJSON(), tokenizerKind: this.tokenizer.kind, source: this.source, state,
+        template: this.hfTemplate,
       });
       p.blob = () => new Blob([p.bytes], { type: "application/zip" });
       return p;
@@ -369,12 +372,12 @@ export class Model {
   importCheckpoint(input) {
     return this._exclusive(async () => {
       if (typeof Blob !== "undefined" && input instanceof Blob) input = new Uint8Array(await input.arrayBuffer());
-      const ck = readCheckpoint(checkpointFiles(input));
+      const ck = readCheckpoint(checkpointFiles(input), this.hfTemplate, this.config);
       const c = ck.config, m = this.config;
       for (const k of ["vocab", "ctx", "d", "heads", "layers"]) {
         if (c[k] !== m[k]) throw new Error(`the checkpoint is for another model: its ${k} is ${c[k]}, this artifact's is ${m[k]} (bundle its preset to load it)`);
       }
-      if (c.activation !== m.activation || Math.abs(c.eps - m.eps) > 1e-12) throw new Error(`the checkpoint's model (${c.activation}, eps ${c.eps}) differs from this artifact's (${m.activation}, eps ${m.eps})`);
+      if (!this.hfTemplate && (c.activation !== m.activation || Math.abs(c.eps - m.eps) > 1e-12)) throw new Error(`the checkpoint's model (${c.activation}, eps ${c.eps}) differs from this artifact's (${m.activation}, eps ${m.eps})`);
       for (const n of this.paramNames) {
         const t = ck.params[n], want = this.executor.tensor(n).shape;
         if (!t) throw new Error(`model.safetensors is missing ${n}`);

@@ -127,6 +127,10 @@ def compile_model(
     dumper("programs.ir", lambda: "\n".join(format_program(pr) for pr in programs.values()))
     info = {"file": model_path.name, "preset": preset, "config": config, "batch": batch, "train": train,
             "params": [q.name for q in model.params], "param_count": sum(math.prod(q.shape) for q in model.params)}
+    if family != presets.GPT:  # what a checkpoint's config.json of this model holds (the browser exports it as is)
+        from tgc.family import hf_config
+
+        info["hf_config"] = {k: v for k, v in hf_config({**config, "family": family}, {}).items() if k != "tgc"}
     inits = {q.name: tuple(q.init) for q in model.params}
     c = compile_programs(programs, info, inits, out, targets, verify, max_buffer, dumper, timings, t0, profile=profile)
     c.model_path, c.preset, c.config, c.batch, c.train, c.params = str(model_path), preset, config, batch, train, model.params
