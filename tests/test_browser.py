@@ -791,3 +791,50 @@ def test_bundle_errors_are_one_line(tmp_path):
         r = subprocess.run([sys.executable, "-m", "tgc", *args], capture_output=True, text=True, timeout=120, check=False)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
     assert (tmp_path / "occupied" / "x").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- another model family: llama.tg
+
+@pytest.fixture(scope="module")
+def llama_site(browser, tmp_path_factory):
+    """`tgc train` of models/llama.tg (tiny, 20 steps on the Python wasm runtime, seed 0) and a
+    site bundled from its checkpoint: (site, checkpoint, losses)."""
+    from tgc import presets
+    from tgc.train import train
+
+    ck = tmp_path_factory.mktemp("llama-ref") / "ck"
+    r = train("tiny", "shakespeare", steps=STEPS, out=ck, backend="wasm", seed=0, progress=False, log=None,
+              model_path=presets.family_model_path("Llama"))
+    s = Site(_bundle(tmp_path_factory, "llama", ckpt=ck), browser)
+    yield s, ck, [loss for _, loss in r.history]
+    s.close()
+
+
+def test_llama_trains_generates_and_exports_in_the_browser(llama_site, tmp_path):
+    """The page runs a model of another family as it runs the GPT: the same training losses as
+    `tgc train` (bit for bit on wasm), the same greedy tokens as `tgc generate` with and without
+    the KV cache, and a checkpoint export that tgc and transformers' LlamaForCausalLM load."""
+    from tgc.checkpoint import load_checkpoint
+    from tgc.generate import generate
+
+    site, ck, losses = llama_site
+    manifest = json.loads((site.path / "artifact" / "manifest.json").read_text())
+    assert manifest["model"]["hf_config"]["model_type"] == "llama"
+    r = _train_in_browser(site, "wasm")
+    assert r["losses"] == losses
+    ref = generate(ck, "ROMEO:", max_new_tokens=40, temperature=0, backend="wasm")
+    ref.text  # noqa: B018 -- runs the generation
+    want = ref.stats.token_ids
+    assert len(want) == 40
+    g = _generate_in_browser(site, "wasm", _zip_dir(ck, "llama"), "ROMEO:", 40, temperature=0)
+    assert g["kv"]["ids"] == g["nokv"]["ids"] == want
+    r = site.run("""const ck = await window.M.exportCheckpoint(); return b64(ck.bytes);""", page=site.model_page("wasm"))
+    d = _unzip(r, tmp_path)
+    theirs, ours = load_checkpoint(d, resume=True), load_checkpoint(ck, resume=True)
+    assert theirs.compile_config == ours.compile_config and theirs.step == ours.step == STEPS
+    for k, v in ours.params.items():
+        assert np.array_equal(theirs.params[k], v), k
+    from transformers import LlamaForCausalLM
+
+    _, info = LlamaForCausalLM.from_pretrained(d, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
