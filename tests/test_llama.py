@@ -49,9 +49,9 @@ def _cache_dir(tmp_path_factory):
 
 
 def hf_config(**kw):
-    args = dict(vocab_size=256, hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, bos_token_id=None,
-                eos_token_id=None)
+    args = {"vocab_size": 256, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "bos_token_id": None,
+                "eos_token_id": None}
     args.update(kw)
     return transformers.LlamaConfig(**args)
 
@@ -113,7 +113,7 @@ def test_presets_param_counts():
 
 def test_import_names_and_config(hf_llama, llama_ck):
     ck = load_checkpoint(llama_ck)
-    hf_dir, model = hf_llama
+    _hf_dir, model = hf_llama
     assert set(ck.params) == set(model.state_dict())
     for k, v in model.state_dict().items():
         assert np.array_equal(ck.params[k], v.numpy()), k
@@ -208,7 +208,7 @@ def test_import_refuses_what_llama_tg_does_not_compute(hf_llama, tmp_path, chang
     cfg = json.loads((src / "config.json").read_text())
     cfg.update(change)
     (src / "config.json").write_text(json.dumps(cfg))
-    rc, out, err = run_cli("import", str(src), "-o", str(tmp_path / "out"))
+    rc, _out, err = run_cli("import", str(src), "-o", str(tmp_path / "out"))
     assert rc == 2 and message in err and len(err.strip().splitlines()) <= 3, err
     assert not (tmp_path / "out").exists()
 
@@ -223,7 +223,7 @@ def test_unknown_model_type_names_the_supported_ones(hf_llama, tmp_path):
 
 
 def test_train_presets_come_from_the_model_family(tmp_path):
-    rc, out, err = run_cli("train", "--model", str(presets.family_model_path(LLAMA)), "--preset", "huge", "--steps", "1",
+    rc, _out, err = run_cli("train", "--model", str(presets.family_model_path(LLAMA)), "--preset", "huge", "--steps", "1",
                            "--out", str(tmp_path / "x"))
     assert rc == 2 and "for the Llama family" in err and "tiny, small, medium" in err, err
     assert math.isfinite(presets.get_preset("tiny", LLAMA)["d"])

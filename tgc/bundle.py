@@ -56,7 +56,7 @@ def schema_path() -> Path | None:
     return p if p.exists() else None
 
 
-def _artifact_for(ckpt, preset: str | None, log) -> tuple[Path, object]:
+def _artifact_for(ckpt, preset: str | None, log, model=None) -> tuple[Path, object]:
     """(artifact directory, loaded checkpoint or None)."""
     from tgc.artifacts import compiled_artifact
 
@@ -71,10 +71,14 @@ def _artifact_for(ckpt, preset: str | None, log) -> tuple[Path, object]:
         overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch", 1))}
         return compiled_artifact(ck.source, ck.tgc.get("preset"), overrides, log=log), ck
     name = preset or "tiny"
-    p = presets.get_preset(name)
-    source = presets.default_model_path().read_text()
-    overrides = {**presets.model_config(p), "batch": int(p["batch"])}
-    return compiled_artifact(source, name, overrides, log=log), None
+    mp = Path(model) if model else presets.default_model_path()
+    if not mp.is_file():
+        raise TgcError(f"model file not found: {mp}")
+    source = mp.read_text()
+    family = presets.family_of(source)
+    p = presets.get_preset(name, family)
+    overrides = {**presets.model_config(p, family), "batch": int(p["batch"])}
+    return compiled_artifact(source, name, overrides, log=log, **({"filename": str(mp)} if model else {})), None
 
 
 def _copy_runtime(dst: Path) -> None:
@@ -114,8 +118,9 @@ def _corpus_file(name: str, used: set) -> str:
     return out
 
 
-def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=print) -> Path:
-    """Write the site; returns its path. corpora: names/paths (None: shakespeare; [] none)."""
+def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=print, model=None) -> Path:
+    """Write the site; returns its path. corpora: names/paths (None: shakespeare; [] none); `model`: the
+    DSL file of fresh weights (None: gpt.tg; a checkpoint brings its own)."""
     from tgc.data import load_text
     from tgc.tokenizer import byte_tokenizer
 
@@ -123,7 +128,7 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "site.json").exists())):
         raise TgcError(f"{out} exists and is not a previous bundle (no site.json); choose another -o")
-    art, ck = _artifact_for(ckpt, preset, log)
+    art, ck = _artifact_for(ckpt, preset, log, model)
     texts = []
     for c in (["shakespeare"] if corpora is None else corpora):
         name, text = load_text(c)

@@ -35,8 +35,9 @@ def cmd_check(a) -> int:
         raise TgcError(f"model file not found: {path}")
     module = parse_file(path)
     check(module)
-    p = presets.get_preset(a.preset)
-    model = load_model(module, presets.model_config(p), filename=str(path))
+    family = presets.family_of(path.read_text())
+    p = presets.get_preset(a.preset, family)
+    model = load_model(module, presets.model_config(p, family), filename=str(path))
     check_entry_points(model, int(p["batch"]))
     print(f"{path}: ok ({a.preset}: {len(model.params)} parameter tensors)")
     return 0
@@ -151,7 +152,7 @@ def cmd_bundle(a) -> int:
     from tgc.bundle import bundle
 
     corpora = [] if a.no_corpus else (a.corpus or None)
-    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora)
+    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, model=a.model)
     return 0
 
 
@@ -233,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=model, help="the DSL model file")
     s.set_defaults(fn=cmd_parity)
 
-    s = sub.add_parser("import", help="import a Hugging Face GPT-2 directory as a tgc checkpoint")
+    s = sub.add_parser("import", help="import a Hugging Face GPT-2 or Llama directory as a tgc checkpoint")
     s.add_argument("src", help="a save_pretrained directory")
     s.add_argument("-o", "--out", required=True, help="a new or empty directory (never the source)")
     s.set_defaults(fn=cmd_import)
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
     s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
+    s.add_argument("--model", help="the DSL model file when no checkpoint is given (default gpt.tg)")
     s.add_argument("--corpus", action="append", help="shakespeare (default), python, or a text file; repeatable")
     s.add_argument("--no-corpus", action="store_true", help="ship no training text")
     s.add_argument("-o", "--out", required=True, help="the site directory")
