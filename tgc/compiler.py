@@ -106,7 +106,7 @@ def compile_model(
         model_path = Path(filename or "model.tg")
         module = parse_text(source, str(model_path))
     header = next((it for it in module.items if isinstance(it, A.Config)), None)
-    family = header.name if header is not None else presets.GPT  # whose presets (tgc/presets.py)
+    family = presets.family_named(header.name if header is not None else None)  # whose presets (tgc/presets.py)
     p = presets.get_preset(preset, family)
     p.update(overrides or {})
     config = presets.model_config(p, family)

@@ -1,8 +1,9 @@
 """The preset ladders and training defaults: models/presets.toml, and one file per model family.
 
-A model file's family is the name of its config header (`config GPT(...)`, `config Llama(...)`).
-GPT's presets are models/presets.toml; another family's are models/<name in lower case>.toml,
-which also describes its Hugging Face checkpoints (tgc/family.py). Training defaults ([train])
+A model file's family is the name of its config header (`config GPT(...)`, `config Llama(...)`)
+where models/<name in lower case>.toml exists: that file holds the family's presets and
+describes its Hugging Face checkpoints (tgc/family.py). Every other model file, gpt.tg among
+them, is of the GPT family: models/presets.toml. Training defaults ([train])
 are presets.toml's for every family.
 """
 
@@ -31,14 +32,20 @@ def default_model_path() -> Path:
 GPT = "GPT"  # the family of gpt.tg, whose presets are presets.toml
 
 
+def family_named(name: str | None) -> str:
+    """The family of a config header's name: itself where models/ has its file, else GPT (so a
+    model file of one's own, whatever its header says, takes the GPT ladder as it always did)."""
+    return name if name and name != GPT and (models_dir() / f"{name.lower()}.toml").is_file() else GPT
+
+
 def family_of(source: str) -> str:
-    """The family of a model's DSL text: its config header's name (GPT where it has none)."""
+    """The family of a model's DSL text, from its config header's name (GPT where it has none)."""
     m = re.search(r"^\s*config\s+([A-Za-z_][A-Za-z0-9_]*)", source, re.MULTILINE)
-    return m.group(1) if m else GPT
+    return family_named(m.group(1) if m else None)
 
 
 def family_file(family: str) -> Path:
-    return models_dir() / ("presets.toml" if family == GPT else f"{family.lower()}.toml")
+    return models_dir() / ("presets.toml" if family == GPT else f"{family.lower()}.toml")  # see family_named
 
 
 def family_names() -> list[str]:
