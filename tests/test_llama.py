@@ -111,6 +111,22 @@ def test_presets_param_counts():
         assert family.param_count(cfg) == p["params"] == 2 * V * d + L * (2 * d * d + 2 * kv * d + 3 * d * m + 2 * d) + d
 
 
+def test_compiles_like_the_gpt():
+    """The compiler decides for llama.tg as for gpt.tg: the verifier after every pass, kernels
+    shared across layers, every loop nest equal to its flat kernel, and a memory plan within
+    1.3x of the lower bound (tests/test_kernels.py, tests/test_ir.py hold the GPT to the same)."""
+    import test_kernels
+
+    from tgc.compiler import compile_model
+
+    c = compile_model(presets.family_model_path(LLAMA), "tiny", targets=(), verify=True)
+    test_kernels.test_layers_share_kernels(c)
+    test_kernels.test_nests_compute_what_the_kernels_mean(c)
+    r = c.plan.reports["train_step"]
+    assert r.planned_bytes <= 1.3 * r.lower_bound, (r.planned_bytes, r.lower_bound)
+    assert set(c.schedules) == {"train_step", "eval_loss", "forward", "prefill", "decode_step"}
+
+
 def test_import_names_and_config(hf_llama, llama_ck):
     ck = load_checkpoint(llama_ck)
     _hf_dir, model = hf_llama

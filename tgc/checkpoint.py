@@ -536,7 +536,7 @@ def validate_tgc_section(tgc: dict, where: str) -> None:
     def f(key, kind, **kw):
         return field_value(tgc, key, where, kind, section="tgc", **kw)
 
-    f("preset", "str", choices=presets.preset_names())
+    f("preset", "str", choices=presets.all_preset_names())
     f("batch", "int", lo=1, hi=_MAX_BATCH)
     f("step", "int", lo=0)
     f("params", "int", lo=0)
@@ -581,7 +581,7 @@ def validate_trainer_state(state: dict, where: str, config_step: int | None = No
     if config_step is not None and step != config_step:
         raise TgcError(f"{where}: step {step}, but config.json says step {config_step}")
     field_value(state, "checkpoint_id", where, "str", required=True)
-    field_value(state, "preset", where, "str", choices=presets.preset_names())
+    field_value(state, "preset", where, "str", choices=presets.all_preset_names())
     field_value(state, "seed", where, "int", lo=0, hi=2**32 - 1)
     field_value(state, "lr", where, "number", gt=0)
     batch = field_value(state, "batch", where, "int", lo=1, hi=_MAX_BATCH)

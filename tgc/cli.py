@@ -166,12 +166,12 @@ def cmd_serve(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tgc import __version__
-    from tgc.presets import default_model_path, preset_names, train_defaults
+    from tgc.presets import all_preset_names, default_model_path, train_defaults
     from tgc.runtime import BACKENDS
 
     backend_help = "auto takes WebGPU on a real GPU, else WebAssembly; numpy is the exact, slow reference"
 
-    names = preset_names()
+    names = all_preset_names()  # every family's; the model file's family decides (tgc/presets.py)
     ladder = ", ".join(names)
     p = _Parser(prog="tgc", description="TinyGPT Compiler: a GPT in a small DSL compiled to WGSL and Memory64 "
                 f"WebAssembly. Presets, smallest to largest: {ladder}.")

@@ -78,6 +78,11 @@ def preset_names(family: str = GPT) -> list[str]:
     return list(_load(family)["presets"])
 
 
+def all_preset_names() -> list[str]:
+    """Every family's preset names, GPT's first (what a command line or a checkpoint may name)."""
+    return list(dict.fromkeys(n for f in family_names() for n in preset_names(f)))
+
+
 def get_preset(name: str, family: str = GPT) -> dict:
     presets = _load(family)["presets"]
     if name not in presets:
