@@ -161,6 +161,46 @@ def test_greedy_50_tokens_with_and_without_kv_cache(hf_llama, llama_ck, kv_cache
     assert g.stats.token_ids == want
 
 
+def test_import_with_a_bpe_tokenizer_and_bos(tmp_path):
+    """A Llama saved with a fast tokenizer of its own (byte-level BPE whose post-processor puts
+    <s> first, as Llama's do): tgc encodes the prompt as transformers does, BOS included, and
+    continues it greedily as LlamaForCausalLM.generate does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from tgc.generate import generate
+
+    text = "".join(p.read_text() for p in sorted((Path(__file__).parents[1] / "docs").glob("*.md")))
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=400, show_progress=False, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    V = tk.get_vocab_size()
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(hf_config(vocab_size=V, bos_token_id=0, eos_token_id=1, num_key_value_heads=4,
+                                                    rope_theta=500.0)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(tmp_path / "hf")
+    fast.save_pretrained(tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "-o", str(tmp_path / "ck")]) == 0
+    ck = load_checkpoint(tmp_path / "ck")
+    assert ck.compile_config["theta"] == 500.0 and ck.compile_config["heads_kv"] == 4
+    prompt = "The compiler derives the backward pass"
+    ids = fast(prompt)["input_ids"]
+    assert ids[0] == 0 and ck.tokenizer.encode(prompt) == ids
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=20, do_sample=False)
+    want = out[0, len(ids):].tolist()
+    g = generate(tmp_path / "ck", prompt, max_new_tokens=20, temperature=0, backend="wasm")
+    "".join(g)
+    assert g.stats.token_ids == want and len(set(want)) > 3
+
+
 @pytest.fixture(scope="module")
 def trained_ck(tmp_path_factory) -> Path:
     from tgc.train import train
