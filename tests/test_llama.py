@@ -145,8 +145,9 @@ def test_imported_llama_logits_match_transformers(hf_llama, llama_ck, backend):
     assert_close(tgc_logits(llama_ck, ids, backend), hf_logits(model, ids), rtol=0, atol=LOGITS_ATOL, name="logits")
 
 
+@pytest.mark.parametrize("backend", runtime_backends())
 @pytest.mark.parametrize("kv_cache", [True, False])
-def test_greedy_50_tokens_with_and_without_kv_cache(hf_llama, llama_ck, kv_cache):
+def test_greedy_50_tokens_with_and_without_kv_cache(hf_llama, llama_ck, kv_cache, backend):
     from tgc.generate import generate
 
     _, model = hf_llama
@@ -156,7 +157,7 @@ def test_greedy_50_tokens_with_and_without_kv_cache(hf_llama, llama_ck, kv_cache
                              max_new_tokens=50, do_sample=False)
     want = out[0, len(ids):].tolist()
     assert len(want) == 50 and len(set(want)) > 5  # a continuation that wanders
-    g = generate(llama_ck, PROMPT, max_new_tokens=50, temperature=0, backend="wasm", kv_cache=kv_cache)
+    g = generate(llama_ck, PROMPT, max_new_tokens=50, temperature=0, backend=backend, kv_cache=kv_cache)
     "".join(g)
     assert g.stats.token_ids == want
 
