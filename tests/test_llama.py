@@ -284,3 +284,43 @@ def test_train_presets_come_from_the_model_family(tmp_path):
                            "--out", str(tmp_path / "x"))
     assert rc == 2 and "for the Llama family" in err and "tiny, small, medium" in err, err
     assert math.isfinite(presets.get_preset("tiny", LLAMA)["d"])
+
+
+H = "config M(vocab, ctx, d, heads, layers)\nparam wte [vocab, d] = normal(0.02)\n"  # lines 1-2
+F = "loss(idx: i32[B, T], t: i32[B, T]) = cross_entropy(f(embed(wte, idx), idx) @ transpose(wte), t)\n"
+
+
+@pytest.mark.parametrize("body,msg", [
+    ("return concat(x, x[:, 0:4], 2)", "differ outside axis 2"),
+    ("return concat(x, idx)", "second argument of concat must be f32"),
+    ("return expand(x, [2, 3, 8])", "cannot broadcast [2, 8, 8] to [2, 3, 8]"),
+    ("return x + arange(0)", "arange needs a positive length"),
+    ("return x + float(x)", "argument of float must be i32"),
+    ("return x * sin(idx)", "must be f32"),
+])
+def test_new_builtins_report_errors_at_the_call(body, msg):
+    from tgc.frontend import load_model
+    from tgc.ir import build
+
+    src = H + "def f(x, idx) {\n  " + body + "\n}\n" + F
+    model = load_model(src, {"vocab": 16, "ctx": 8, "d": 8, "heads": 2, "layers": 1}, filename="bad.tg")
+    with pytest.raises(TgcError, match=msg.replace("[", r"\[").replace("]", r"\]")) as e:
+        model.call("loss", build.input("idx", (2, 8), "i32"), build.input("targets", (2, 8), "i32"))
+    assert e.value.loc is not None and e.value.loc.line == 4
+
+
+def test_new_builtins_compute_what_they_say():
+    """concat, expand, arange, float, sin and cos lowered and run by the interpreter, against numpy."""
+    from tgc.frontend import load_model
+    from tgc.ir import build
+    from tgc.ir.interp import evaluate
+
+    src = H + ("def f(x, idx) {\n  a = concat(sin(x[:, :, 0:3]), cos(x[:, :, 3:8]))\n"
+               "  return a + expand(reshape(float(idx), [2, 8, 1]), [2, 8, 8]) * arange(8)\n}\n")
+    model = load_model(src, {"vocab": 16, "ctx": 8, "d": 8, "heads": 2, "layers": 1}, filename="ok.tg")
+    x, idx = build.input("x", (2, 8, 8)), build.input("idx", (2, 8), "i32")
+    r = np.random.default_rng(0)
+    xv, iv = r.standard_normal((2, 8, 8)).astype(np.float32), r.integers(0, 9, (2, 8)).astype(np.int32)
+    (got,) = evaluate([model.call("f", x, idx)], {"x": xv, "idx": iv})
+    want = np.concatenate([np.sin(xv[:, :, :3]), np.cos(xv[:, :, 3:])], -1) + iv[..., None] * np.arange(8)
+    assert_close(got, want.astype(np.float32), rtol=0, atol=1e-6, name="f")
