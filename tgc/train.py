@@ -35,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tgc import presets
+from tgc import presets, rng
 from tgc.checkpoint import CONFIG, check_not_cwd, load_checkpoint, recover, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
+from tgc.ir.program import DROPOUT_KEY
 from tgc.preflight import checked_runtime, estimate, fmt_bytes, param_count, require
 
 DEFAULT_EVAL_BATCHES = 8
@@ -230,10 +231,13 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
           backend: str = "auto", resume: bool = False, seed: int | None = None, lr: float | None = None,
           batch: int | None = None, tokenizer: str | None = None, eval_every: int | None = None,
           eval_batches: int | None = None, ckpt_every: int | None = None, model_path=None,
-          warmup: int | None = None, stop_at: int | None = None, progress: bool = True, log=print) -> TrainResult:
+          warmup: int | None = None, stop_at: int | None = None, progress: bool = True, log=print,
+          dropout: float | None = None) -> TrainResult:
     """Train (or, with `resume`, continue) a model; `steps` is the total the schedule plans for.
     None means: from the checkpoint when resuming, else the default (preset tiny, corpus
-    shakespeare, seed 0, lr and warmup from presets.toml, the preset's batch, byte tokenizer).
+    shakespeare, seed 0, lr and warmup from presets.toml, the preset's batch, byte tokenizer, no
+    dropout). `dropout` is the rate of gpt.tg's pdrop, in train_step only; its masks come from
+    the host RNG's stream "dropout", one key per step (tgc/ir/program.py).
     `stop_at` ends the run after that step as Ctrl-C would (a resumable checkpoint).
 
     Before the first step: every option is checked, --out must be absent or empty (or, with
@@ -261,11 +265,14 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     else:
         check_new_out(out)
     defaults = presets.train_defaults()
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout < 1):
+        raise TgcError(f"--dropout must be a number from 0 up to (not including) 1, got {dropout!r}")
     given = {"preset": preset, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "lr": lr, "batch": batch,
-             "warmup": warmup}
+             "warmup": warmup, "dropout": dropout}
     s = _settings(ck.state if ck else None, given,
                   {"preset": "tiny", "corpus": "shakespeare", "tokenizer": "byte", "seed": 0, "lr": defaults["lr"],
-                   "warmup": min(defaults["warmup_steps"], max(1, steps // 10))}, log)
+                   "warmup": min(defaults["warmup_steps"], max(1, steps // 10)), "dropout": 0.0}, log)
     p = presets.get_preset(s["preset"])
     s["batch"] = int(s["batch"] or p["batch"])
     if ck is not None and ck.state.get("total_steps") not in (None, steps):
@@ -304,7 +311,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     check_writable(out, 3 * 4 * n_params + 4 * (len(data.val) + 1024))
 
     t0 = time.perf_counter()
-    rt = checked_runtime(source, s["preset"], {**config, "batch": B}, backend, "train", what, log, filename,
+    run_config = {**config, "batch": B, **({"pdrop": float(s["dropout"])} if s["dropout"] else {})}
+    rt = checked_runtime(source, s["preset"], run_config, backend, "train", what, log, filename,
                          ("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
     rt.init_state(s["seed"])
@@ -374,6 +382,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
         try:
             while step < end and not flag.stop:
                 idx, targets = data.batch(s["seed"], step + 1, B, T)
+                if s["dropout"]:  # the step's key: counter `step` of stream "dropout" (tgc/ir/program.py)
+                    uniforms[DROPOUT_KEY] = rng.bits(s["seed"], "dropout", step, 1).view(np.int32)[0]
                 outs = rt.run("train_step", inputs={"idx": idx, "targets": targets},
                               uniforms={"step": np.float32(step + 1), **uniforms}, read=reads)
                 step += 1
