@@ -42,23 +42,30 @@ def compiler_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def artifact_key(source: str, preset: str, overrides: dict) -> str:
+def artifact_key(source: str, preset: str, overrides: dict, only=None) -> str:
+    """The cache key; `only` (a subset of the programs) is part of it, the full set is not."""
     from tgc import __version__
+    from tgc.ir.program import PROGRAMS
 
+    parts = [source, preset, json.dumps(overrides, sort_keys=True), __version__, compiler_fingerprint()]
+    if only is not None and tuple(only) != PROGRAMS:
+        parts.append(",".join(only))
     h = hashlib.sha256()
-    for part in (source, preset, json.dumps(overrides, sort_keys=True), __version__, compiler_fingerprint()):
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
 
 
-def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None, filename: str = "model.tg") -> Path:
+def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None, filename: str = "model.tg",
+                      only=None) -> Path:
     """The cached artifact directory of `source` (DSL text; errors name `filename`) for a
-    preset + overrides, compiled (both targets) if it is not there yet."""
-    from tgc.compiler import compile_model
+    preset + overrides, compiled (both targets) if it is not there yet. `only`: compile just
+    these programs (GENERATE_PROGRAMS for generation, a fraction of the full compile)."""
+    from tgc.compiler import PROGRAMS, compile_model
 
     preset = preset or "tiny"  # a checkpoint with no preset sets every field through overrides
-    d = cache_root() / "artifacts" / artifact_key(source, preset, overrides)
+    d = cache_root() / "artifacts" / artifact_key(source, preset, overrides, only)
     if (d / "manifest.json").exists():
         return d
     targets = ("wgsl", "wasm")
@@ -79,7 +86,7 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
         tmp.mkdir()
         (tmp / "model.tg").write_text(source)
         compile_model(None, preset=preset, out=tmp, targets=targets, overrides=overrides, source=source,
-                      filename=filename)
+                      filename=filename, only=tuple(only or PROGRAMS))
         shutil.rmtree(d, ignore_errors=True)
         os.replace(tmp, d)
     finally:
@@ -87,14 +94,15 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
     return d
 
 
-def _compiled_for(source: str, preset: str, overrides: dict, filename: str = "model.tg"):
+def _compiled_for(source: str, preset: str, overrides: dict, filename: str = "model.tg", only=None):
     """The in-memory compilation (no code generation) the numpy backend interprets."""
-    from tgc.compiler import compile_model_text
+    from tgc.compiler import PROGRAMS, compile_model
 
-    key = artifact_key(source, preset, overrides)
+    key = artifact_key(source, preset, overrides, only)
     hit = _COMPILED.get(key)
     if hit is None:
-        hit = _COMPILED[key] = compile_model_text(source, preset, overrides, filename)
+        hit = _COMPILED[key] = compile_model(None, preset, targets=(), overrides=overrides, source=source,
+                                             filename=filename, only=tuple(only or PROGRAMS))
     return hit
 
 
@@ -128,17 +136,18 @@ def _default_source() -> str:
 
 
 def runtime_for(source: str, preset: str | None, overrides: dict, backend: str = "auto", log=None,
-                filename: str = "model.tg", programs=None):
+                filename: str = "model.tg", programs=None, only=None):
     """Compile `source` for a preset + overrides into the artifact cache (or reuse it) and
     open a runtime on it, ready to run `programs` at once (WebGPU builds their pipelines
-    up front; the time is logged). Returns (runtime, compiled or None)."""
+    up front; the time is logged); `only`: the artifact holds just these programs.
+    Returns (runtime, compiled or None)."""
     from tgc.runtime import choose_backend, open_runtime
 
     preset = preset or "tiny"
     if choose_backend(backend, None) == "numpy":
-        compiled = _compiled_for(source, preset, overrides, filename)
+        compiled = _compiled_for(source, preset, overrides, filename, only)
         return reference_runtime(compiled), compiled
-    rt = open_runtime(compiled_artifact(source, preset, overrides, log, filename), backend)
+    rt = open_runtime(compiled_artifact(source, preset, overrides, log, filename, only), backend)
     if programs:
         n = len({k for p in programs for k, _ in rt.art.programs[p].launches})
         dt = rt.prepare(programs)
