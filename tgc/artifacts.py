@@ -24,6 +24,9 @@ from pathlib import Path
 from tgc.errors import TgcError
 
 _COMPILED: dict = {}  # artifact key -> Compiled, for the numpy backend
+# What `tgc generate` compiles (batch 1): a generation artifact holds these programs only.
+# (Named here, not taken from tgc.ir.program, so that a cache hit never imports the compiler.)
+GENERATE_PROGRAMS = ("forward", "prefill", "decode_step")
 
 
 def cache_root() -> Path:
@@ -43,12 +46,11 @@ def compiler_fingerprint() -> str:
 
 
 def artifact_key(source: str, preset: str, overrides: dict, only=None) -> str:
-    """The cache key; `only` (a subset of the programs) is part of it, the full set is not."""
+    """The cache key; `only` (the programs of a partial artifact) is part of it, None (all) is not."""
     from tgc import __version__
-    from tgc.ir.program import PROGRAMS
 
     parts = [source, preset, json.dumps(overrides, sort_keys=True), __version__, compiler_fingerprint()]
-    if only is not None and tuple(only) != PROGRAMS:
+    if only is not None:
         parts.append(",".join(only))
     h = hashlib.sha256()
     for part in parts:
@@ -62,12 +64,12 @@ def compiled_artifact(source: str, preset: str | None, overrides: dict, log=None
     """The cached artifact directory of `source` (DSL text; errors name `filename`) for a
     preset + overrides, compiled (both targets) if it is not there yet. `only`: compile just
     these programs (GENERATE_PROGRAMS for generation, a fraction of the full compile)."""
-    from tgc.compiler import PROGRAMS, compile_model
-
     preset = preset or "tiny"  # a checkpoint with no preset sets every field through overrides
     d = cache_root() / "artifacts" / artifact_key(source, preset, overrides, only)
     if (d / "manifest.json").exists():
         return d
+    from tgc.compiler import PROGRAMS, compile_model  # only now: importing the compiler takes a second
+
     targets = ("wgsl", "wasm")
     try:
         from tgc.toolchain import find_wasm_ld

@@ -558,7 +558,8 @@ def validate_tgc_section(tgc: dict, where: str) -> None:
     f("params", "int", lo=0)
     f("activation", "str", choices=tuple(HF_ACTIVATION))
     _tokenizer_spec(tgc, "tokenizer", where, "tgc")
-    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "backend", "imported_from"):
+    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "backend", "imported_from",
+                "exported_from"):
         f(key, "str")
     for key in ("train_loss", "val_loss", "wall_s"):
         f(key, "number")
@@ -955,3 +956,34 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
            "model_origin": presets.default_model_path().name,
            "params": sum(math.prod(s) for s in param_shapes(cfg).values())}
     return save_checkpoint(out, params, cfg, tok, tgc, source=model_source(cfg))
+
+
+# ---- export
+
+def export_checkpoint(src, out_dir, dtype: str = "fp16", card: bool = True) -> Path:
+    """Write checkpoint `src` (a directory or gallery name) as a weights-only Hugging Face GPT-2
+    directory whose model.safetensors holds `dtype` (fp16, bf16 or fp32): what the gallery ships.
+    The tgc section is kept (it loads in tgc as it is, and `tgc train --init` fine-tunes it);
+    optimizer and trainer state are left out. With `card`, card.json is written beside it with
+    every field the checkpoint knows (tgc.gallery.CARD_FIELDS). `out_dir` must be new or empty."""
+    from tgc import gallery
+
+    if dtype not in DTYPES:
+        raise TgcError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    src_dir = gallery.resolve(src)
+    out = Path(out_dir)
+    s, o = src_dir.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise TgcError(f"-o {out} is {'the source' if o == s else 'inside the source'} {src}; export writes a new "
+                       "directory: choose another")
+    if out.exists() and not out.is_dir():
+        raise TgcError(f"-o {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        raise TgcError(f"-o {out} is not empty; export writes a new or empty directory, nothing was changed")
+    ck = load_checkpoint(src_dir)
+    tgc = {k: v for k, v in ck.tgc.items() if k not in ("checkpoint_id", "version", "model_file", "activation")}
+    tgc["exported_from"] = str(s)
+    extra = {}
+    if card:
+        extra[gallery.CARD] = _json(gallery.card_from_checkpoint(ck, out.name, dtype))
+    return save_checkpoint(out, ck.params, ck.config, ck.tokenizer, tgc, source=ck.source, extra=extra, dtype=dtype)

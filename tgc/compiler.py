@@ -33,7 +33,6 @@ from tgc.ir.schedule import Schedule, schedule
 from tgc.ir.verify import verify_program
 
 TARGETS = ("wgsl", "wasm")
-GENERATE_PROGRAMS = ("forward", "prefill", "decode_step")  # batch 1; what `tgc generate` compiles
 TRAIN_OVERRIDES = ("weight_decay", "min_lr_ratio")  # run settings compiled into train_step as constants
 WASM_HEAP_BASE = 1 << 20  # the module's own stack and data live below this address
 MAX_BUFFER = 128 << 20  # pool size of the memory plan (tgc/ir/memplan.py)
@@ -90,7 +89,7 @@ def compile_model(
     for a preset (plus overrides); with `out`, write the artifact there (with `profile`, the
     wasm module also exports each launch on its own, for timing). Overrides may also set the
     optimizer constants of TRAIN_OVERRIDES (weight_decay, min_lr_ratio: compiled into
-    train_step). `only` compiles a subset of the programs (GENERATE_PROGRAMS for generation)."""
+    train_step). `only` compiles a subset of the programs (tgc.artifacts.GENERATE_PROGRAMS for generation)."""
     from tgc.frontend import load_model, parse_file, parse_text
     from tgc.frontend.ast import format_module
 
@@ -323,4 +322,4 @@ def compile_model_text(source: str, preset: str, overrides: dict | None = None, 
     return compile_model(None, preset, targets=(), overrides=overrides, source=source, filename=filename)
 
 
-__all__ = ["GENERATE_PROGRAMS", "PROGRAMS", "TARGETS", "TRAIN_OVERRIDES", "Compiled", "compile_model", "compile_model_text", "compile_programs"]
+__all__ = ["PROGRAMS", "TARGETS", "TRAIN_OVERRIDES", "Compiled", "compile_model", "compile_model_text", "compile_programs"]

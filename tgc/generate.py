@@ -104,7 +104,7 @@ def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("pr
     the weights are read (from the config) and again before the runtime opens (from the
     compiled plan)."""
     from tgc import gallery
-    from tgc.compiler import GENERATE_PROGRAMS
+    from tgc.artifacts import GENERATE_PROGRAMS
 
     ckpt = gallery.resolve(ckpt)
 
