@@ -960,12 +960,15 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
 
 # ---- export
 
-def export_checkpoint(src, out_dir, dtype: str = "fp16", card: bool = True) -> Path:
+def export_checkpoint(src, out_dir, dtype: str = "fp16", card: bool = True, artifact: bool = True, log=None) -> Path:
     """Write checkpoint `src` (a directory or gallery name) as a weights-only Hugging Face GPT-2
     directory whose model.safetensors holds `dtype` (fp16, bf16 or fp32): what the gallery ships.
     The tgc section is kept (it loads in tgc as it is, and `tgc train --init` fine-tunes it);
     optimizer and trainer state are left out. With `card`, card.json is written beside it with
-    every field the checkpoint knows (tgc.gallery.CARD_FIELDS). `out_dir` must be new or empty."""
+    every field the checkpoint knows (tgc.gallery.CARD_FIELDS). With `artifact`, the compiled
+    generation artifact goes beside it in artifact/ (tgc.artifacts.write_prebuilt), so that a
+    first `tgc generate` from it compiles nothing while the compiler is the same. `out_dir`
+    must be new or empty."""
     from tgc import gallery
 
     if dtype not in DTYPES:
@@ -986,4 +989,10 @@ def export_checkpoint(src, out_dir, dtype: str = "fp16", card: bool = True) -> P
     extra = {}
     if card:
         extra[gallery.CARD] = _json(gallery.card_from_checkpoint(ck, out.name, dtype))
-    return save_checkpoint(out, ck.params, ck.config, ck.tokenizer, tgc, source=ck.source, extra=extra, dtype=dtype)
+    save_checkpoint(out, ck.params, ck.config, ck.tokenizer, tgc, source=ck.source, extra=extra, dtype=dtype)
+    if artifact:
+        from tgc.artifacts import PREBUILT_DIR, write_prebuilt
+        from tgc.generate import generation_artifact
+
+        write_prebuilt(*generation_artifact(ck), out / PREBUILT_DIR, log=log, filename=str(out / MODEL_SOURCE))
+    return out

@@ -121,8 +121,9 @@ def cmd_parity(a) -> int:
 def cmd_export(a) -> int:
     from tgc.checkpoint import WEIGHTS, export_checkpoint
 
-    out = export_checkpoint(a.ckpt, a.out, dtype=a.dtype, card=not a.no_card)
-    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    out = export_checkpoint(a.ckpt, a.out, dtype=a.dtype, card=not a.no_card, artifact=not a.no_artifact,
+                            log=lambda m: print(m, file=sys.stderr))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"exported {a.ckpt} -> {out} ({a.dtype} {WEIGHTS}, {_fmt_bytes(size)} in all)")
     return 0
 
@@ -130,6 +131,10 @@ def cmd_export(a) -> int:
 def cmd_models(a) -> int:
     from tgc import gallery
 
+    if a.refresh_artifacts:
+        done = gallery.refresh_artifacts(log=lambda m: print(m, file=sys.stderr))
+        print(f"refreshed {', '.join(done)}" if done else "every gallery artifact is current")
+        return 0
     ms = gallery.models()
     if a.json:
         print(json.dumps([{"name": m.name, "path": str(m.path), "params": m.params, "size_bytes": m.size_bytes,
@@ -287,10 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", required=True, help="a new or empty directory")
     s.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="the weights' dtype")
     s.add_argument("--no-card", action="store_true", help="do not write card.json")
+    s.add_argument("--no-artifact", action="store_true",
+                   help="do not ship the compiled generation artifact in DIR/artifact (it saves the first compile)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("models", help="list the pretrained models shipped with tgc (the gallery)")
     s.add_argument("--json", action="store_true", help="every field of every card, as JSON")
+    s.add_argument("--refresh-artifacts", action="store_true",
+                   help="recompile the shipped generation artifacts that this compiler would not use (maintainers)")
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")

@@ -94,17 +94,24 @@ class Generation:
         return "".join(self)
 
 
+def generation_artifact(ck) -> tuple[str, str | None, dict]:
+    """(model text, preset, overrides) of a checkpoint's generation artifact: its config at
+    batch 1 (the generation programs run one sequence), whatever batch it trained at."""
+    return ck.source, ck.tgc.get("preset"), {**ck.compile_config, "batch": 1}
+
+
 def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward"),
                             allow_nonfinite: bool = False):
     """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
     its config, ready to run `programs` without delay. `ckpt` is a checkpoint directory or the
     name of a gallery model (tgc.gallery). The runtime's artifact holds the generation programs
     only (GENERATE_PROGRAMS, batch 1), so a first generation compiles a fraction of what
-    training needs. The memory a generation needs is checked against what is available before
+    training needs, and nothing where the checkpoint ships that artifact prebuilt
+    (CKPT/artifact/, as `tgc export` writes it and gallery models have it). The memory a generation needs is checked against what is available before
     the weights are read (from the config) and again before the runtime opens (from the
     compiled plan)."""
     from tgc import gallery
-    from tgc.artifacts import GENERATE_PROGRAMS
+    from tgc.artifacts import GENERATE_PROGRAMS, PREBUILT_DIR
 
     ckpt = gallery.resolve(ckpt)
 
@@ -112,9 +119,10 @@ def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("pr
         require(estimate(cfg, 1, "generate", f"generating from {ckpt}"), log, backend)
 
     ck = load_checkpoint(ckpt, allow_nonfinite=allow_nonfinite, check_memory=memory)
-    overrides = {**ck.compile_config, "batch": 1}  # the generation programs run one sequence
-    rt = checked_runtime(ck.source, ck.tgc.get("preset"), overrides, backend, "generate", f"generating from {ckpt}",
-                         log, str(ck.path / "model.tg"), programs, only=GENERATE_PROGRAMS)
+    source, preset, overrides = generation_artifact(ck)
+    rt = checked_runtime(source, preset, overrides, backend, "generate", f"generating from {ckpt}",
+                         log, str(ck.path / "model.tg"), programs, only=GENERATE_PROGRAMS,
+                         prebuilt=ck.path / PREBUILT_DIR)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)

@@ -155,3 +155,34 @@ def card_from_checkpoint(ck, name: str, dtype: str) -> dict:
         "samples": [],
     })
     return card
+
+
+def artifact_current(m: GalleryModel) -> bool:
+    """Whether the model's shipped generation artifact matches this installation's compiler
+    (so a first `tgc generate` from it compiles nothing)."""
+    from tgc.artifacts import GENERATE_PROGRAMS, PREBUILT_DIR, artifact_key, prebuilt_matches
+    from tgc.checkpoint import load_checkpoint
+    from tgc.generate import generation_artifact
+
+    source, preset, overrides = generation_artifact(load_checkpoint(m.path))
+    return prebuilt_matches(m.path / PREBUILT_DIR, artifact_key(source, preset or "tiny", overrides,
+                                                                GENERATE_PROGRAMS))
+
+
+def refresh_artifacts(log=print) -> list[str]:
+    """Recompile the shipped generation artifact of every gallery model whose artifact is missing
+    or stale (after a change to the compiler); the names refreshed. For maintainers: it writes
+    into the gallery directory."""
+    from tgc.artifacts import PREBUILT_DIR, write_prebuilt
+    from tgc.checkpoint import MODEL_SOURCE, load_checkpoint
+    from tgc.generate import generation_artifact
+
+    done = []
+    for m in models():
+        if artifact_current(m):
+            continue
+        write_prebuilt(*generation_artifact(load_checkpoint(m.path)), m.path / PREBUILT_DIR, log=log,
+                       filename=str(m.path / MODEL_SOURCE))
+        log(f"{m.name}: wrote {m.path / PREBUILT_DIR}")
+        done.append(m.name)
+    return done
