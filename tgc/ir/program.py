@@ -70,8 +70,8 @@ class TrainConfig:
 TRAIN_UNIFORMS = ("step", "lr", "warmup", "total_steps")
 
 
-def lr_schedule() -> Node:
-    """lr * linear warmup * cosine decay to min_lr_ratio, as a scalar IR expression of uniforms."""
+def lr_schedule(min_lr_ratio: float = TrainConfig.min_lr_ratio) -> Node:
+    """lr * linear warmup * cosine decay to min_lr_ratio * lr, as a scalar IR expression of uniforms."""
     b = build
     step, lr, warmup, total = (b.uniform(n) for n in TRAIN_UNIFORMS)
     one = b.full((), 1.0)
@@ -79,7 +79,7 @@ def lr_schedule() -> Node:
     t = b.div(b.sub(step, warmup), b.maximum(b.sub(total, warmup), one))
     t = b.minimum(b.maximum(t, b.full((), 0.0)), one)
     cos = b.mul(b.full((), 0.5), b.add(one, b.cos(b.mul(b.full((), math.pi), t))))
-    r = TrainConfig.min_lr_ratio
+    r = min_lr_ratio
     return b.mul(b.mul(lr, warm), b.add(b.full((), r), b.mul(b.full((), 1 - r), cos)))
 
 
@@ -94,7 +94,7 @@ def adamw(params: dict[str, Node], grads: dict[str, Node], cfg: TrainConfig) -> 
     norm = b.sqrt(total)
     scale = b.minimum(b.full((), 1.0), b.div(b.full((), cfg.grad_clip), b.add(norm, b.full((), 1e-6))))
     step = b.uniform("step")
-    lr = lr_schedule()
+    lr = lr_schedule(cfg.min_lr_ratio)
     bc1 = b.sub(b.full((), 1.0), b.exp(b.mul(step, b.full((), math.log(cfg.beta1)))))
     bc2 = b.sub(b.full((), 1.0), b.exp(b.mul(step, b.full((), math.log(cfg.beta2)))))
     step_size = b.div(lr, bc1)
@@ -187,26 +187,28 @@ def _with_kv_cache(logits: Node, pos: Node, cache_len: int) -> tuple[Node, dict[
 PROGRAMS = ("train_step", "eval_loss", "forward", "prefill", "decode_step")
 
 
-def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig()) -> dict[str, Program]:
+def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig(), only=PROGRAMS) -> dict[str, Program]:
     """The programs of a GPT artifact (PROGRAMS, in that order) from a lowered DSL model
-    (tgc.frontend.lower.Model)."""
+    (tgc.frontend.lower.Model). `only` keeps a subset (a generation artifact: forward,
+    prefill, decode_step), and skips the autodiff when train_step and eval_loss are left out."""
     c = model.config
     ctx, vocab = c["ctx"], c["vocab"]
     zero = build.full((), 0, "i32")
     params = model.param_nodes
     progs: dict[str, Program] = {}
 
-    idx = build.input("idx", (batch, ctx), "i32")
-    targets = build.input("targets", (batch, ctx), "i32")
-    (model_loss,) = _bind_pos([model.call("loss", idx, targets)], zero)
-    (loss,) = _dropout([model_loss], training=True)
-    grads = dict(zip(params, grad(loss, list(params.values()))))
-    progs["train_step"] = Program(
-        "train_step",
-        {"loss": loss, **{f"grad/{k}": g for k, g in grads.items()}},
-        adamw(params, grads, cfg),
-    )
-    progs["eval_loss"] = Program("eval_loss", {"loss": _dropout([model_loss], training=False)[0]})
+    if "train_step" in only or "eval_loss" in only:
+        idx = build.input("idx", (batch, ctx), "i32")
+        targets = build.input("targets", (batch, ctx), "i32")
+        (model_loss,) = _bind_pos([model.call("loss", idx, targets)], zero)
+        (loss,) = _dropout([model_loss], training=True)
+        grads = dict(zip(params, grad(loss, list(params.values()))))
+        progs["train_step"] = Program(
+            "train_step",
+            {"loss": loss, **{f"grad/{k}": g for k, g in grads.items()}},
+            adamw(params, grads, cfg),
+        )
+        progs["eval_loss"] = Program("eval_loss", {"loss": _dropout([model_loss], training=False)[0]})
 
     seq = build.input("tokens", (1, ctx), "i32")
     (logits,) = _dropout(_bind_pos([model.call("logits", seq)], zero), training=False)
@@ -223,5 +225,5 @@ def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig()) -> dict[
     (step_logits,) = _dropout(_bind_pos([model.call("logits", tok)], pos), training=False)
     step_logits, caches = _with_kv_cache(step_logits, pos, ctx)
     progs["decode_step"] = Program("decode_step", {"logits": build.reshape(step_logits, (1, vocab))}, caches)
-    assert tuple(progs) == PROGRAMS, f"build_programs made {tuple(progs)}, not {PROGRAMS}"
-    return progs
+    assert tuple(progs) == PROGRAMS[-len(progs):], f"build_programs made {tuple(progs)}, not {PROGRAMS}"
+    return {k: v for k, v in progs.items() if k in only}
