@@ -570,6 +570,7 @@ def validate_tgc_section(tgc: dict, where: str) -> None:
     train = f("train", "dict") or {}
     for key in ("beta1", "beta2", "weight_decay", "min_lr_ratio"):
         field_value(train, key, where, "number", lo=0, hi=1, section="tgc.train")
+    field_value(train, "dropout", where, "number", lo=0, hi=0.999, section="tgc.train")
     for key in ("eps", "lr", "grad_clip"):
         field_value(train, key, where, "number", gt=0, section="tgc.train")
     field_value(train, "warmup", where, "int", lo=0, section="tgc.train")

@@ -440,7 +440,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                "model_origin": model_file, "backend": backend_name,
                "train": {**{k: defaults[k] for k in ("beta1", "beta2", "eps", "grad_clip")},
                          "weight_decay": s["weight_decay"], "min_lr_ratio": s["min_lr_ratio"],
-                         "lr": s["lr"], "warmup": s["warmup"], "total_steps": steps, "seed": s["seed"]},
+                         "lr": s["lr"], "warmup": s["warmup"], "total_steps": steps, "seed": s["seed"],
+                         "dropout": s["dropout"]},
                "wall_s": round(prev_wall + time.perf_counter() - t_start, 1)}
         if history:
             tgc["train_loss"] = history[-1][1]
