@@ -14,6 +14,7 @@
 # Runs: NAME PRESET BATCH LR DROPOUT STEPS CORPUS (steps from the probe's step times).
 set -uo pipefail
 : "${OUT:=/tmp/out}" "${MODE:=probe}" "${LIMIT_S:=480}"
+rm -rf /tmp/runs /tmp/exp /tmp/logs  # a warm machine keeps /tmp between calls
 mkdir -p "$OUT" /tmp/corp /tmp/runs /tmp/logs
 export PYTHONUNBUFFERED=1 TGC_CACHE_DIR=/tmp/tgccache
 tar xJf .bench/corpora.tar.xz -C /tmp/corp || exit 1
