@@ -102,7 +102,7 @@ def hf_config(cfg: dict, tgc: dict) -> dict:
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "add_cross_attention": False,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,  # tgc trains without dropout
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,  # tgc's dropout is a training setting (trainer_state.json)
         "initializer_range": 0.02,
         "bos_token_id": cfg.get("bos_token_id"), "eos_token_id": cfg.get("eos_token_id"), "pad_token_id": None,
         "use_cache": True,
@@ -369,15 +369,35 @@ def check_not_cwd(real: Path, given) -> None:
                        "(for example --out runs/NAME)")
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+_BF16 = "BF16"
+# what `tgc export --dtype` writes: name -> (safetensors dtype, config.json's "dtype")
+DTYPES = {"fp32": ("F32", "float32"), "fp16": ("F16", "float16"), "bf16": (_BF16, "bfloat16")}
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) of f32 values, rounded to nearest even (as torch rounds)."""
+    bits = np.ascontiguousarray(x, dtype="<f4").view(np.uint32)
+    return ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype("<u2")
+
+
+def _stored(a: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "F16":
+        return np.ascontiguousarray(a, dtype="<f2")
+    if dtype == "BF16":
+        return f32_to_bf16(a)
+    return np.ascontiguousarray(a, dtype="<f4")
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str], dtype: str = "F32") -> None:
     """The safetensors format, written directly: an 8-byte little-endian header length, the JSON
-    header (name -> dtype F32, shape, data_offsets; __metadata__), then the data, streamed from
-    the arrays without copies, fsynced. An OSError carries its errno (ENOSPC and all)."""
-    arrays = {k: np.ascontiguousarray(v, dtype="<f4") for k, v in tensors.items()}
+    header (name -> dtype, shape, data_offsets; __metadata__), then the data, streamed from
+    the arrays without copies, fsynced. `dtype`: F32, F16 or BF16 (converted from f32 here).
+    An OSError carries its errno (ENOSPC and all)."""
+    arrays = {k: _stored(v, dtype) for k, v in tensors.items()}
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     off = 0
     for k, a in arrays.items():
-        header[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        header[k] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
         off += a.nbytes
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
@@ -409,12 +429,14 @@ def _json(obj) -> str:
 
 def save_checkpoint(out, params: dict, config: dict, tokenizer: Tokenizer, tgc: dict | None = None,
                     optimizer: dict | None = None, state: dict | None = None, source: str | None = None,
-                    extra: dict | None = None, allow_nonfinite: bool = False) -> Path:
+                    extra: dict | None = None, allow_nonfinite: bool = False, dtype: str = "fp32") -> Path:
     """Write a checkpoint directory as one atomic set (see "atomic checkpoint sets" above).
     `config`: vocab, ctx, d, heads, layers (+ eps, activation); `tgc`: the config.json section
     (preset, batch, training settings, step); `optimizer` and `state` (trainer_state.json) only
-    for resumable checkpoints; `extra`: more files (loss.png). Non-finite weights or moments are
-    refused (a diverged run must not replace a good checkpoint) unless `allow_nonfinite`."""
+    for resumable checkpoints; `extra`: more files (loss.png); `dtype` (a DTYPES name) of the
+    weights file (moments are always f32). Non-finite weights or moments are refused (a diverged
+    run must not replace a good checkpoint), and so is a weight too large for `dtype`, unless
+    `allow_nonfinite`."""
     out = Path(out)
     shapes = param_shapes(config)
     _check_tensors(params, shapes, "params")
@@ -425,6 +447,9 @@ def save_checkpoint(out, params: dict, config: dict, tokenizer: Tokenizer, tgc: 
     if not config.get("family"):  # GPT-2's MLP variant; other families have one
         tgc["activation"] = config.get("activation", "gelu")
     meta = {"format": "pt", "tgc_checkpoint_id": cid}
+    if dtype not in DTYPES:
+        raise TgcError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    st_dtype, hf_dtype = DTYPES[dtype]
     weights = {k: np.ascontiguousarray(params[k], dtype=np.float32) for k in shapes}
     files: dict[str, object] = {
         TOKENIZER: tokenizer.to_json(),
@@ -442,11 +467,16 @@ def save_checkpoint(out, params: dict, config: dict, tokenizer: Tokenizer, tgc: 
         for k, v in {**weights, **opt}.items():
             if not np.isfinite(v).all():
                 raise TgcError(f"refusing to save non-finite values (tensor {k}) over the checkpoint {out}")
+        if dtype == "fp16":
+            for k, v in weights.items():
+                big = float(np.abs(v).max(initial=0.0))
+                if big > 65504.0:
+                    raise TgcError(f"tensor {k} holds {big:g}, beyond float16's range (65504); export as bf16 or fp32")
     if state is not None:
         files[TRAINER_STATE] = _json({**state, "checkpoint_id": cid})
     files.update(extra or {})
-    files[WEIGHTS] = lambda p: write_safetensors(p, weights, meta)
-    files[CONFIG] = _json(hf_config(config, tgc))
+    files[WEIGHTS] = lambda p: write_safetensors(p, weights, meta, st_dtype)
+    files[CONFIG] = _json({**hf_config(config, tgc), "dtype": hf_dtype})
     # a weights-only save must not carry an older save's resume state along
     write_files(out, files, drop=() if optimizer is not None else (OPTIMIZER, TRAINER_STATE))
     return out
@@ -542,11 +572,19 @@ def validate_tgc_section(tgc: dict, where: str) -> None:
     f("params", "int", lo=0)
     f("activation", "str", choices=tuple(HF_ACTIVATION))
     _tokenizer_spec(tgc, "tokenizer", where, "tgc")
-    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "backend", "imported_from"):
+    for key in ("checkpoint_id", "version", "model_file", "model_origin", "corpus", "backend", "imported_from",
+                "exported_from"):
         f(key, "str")
+    for key in ("train_loss", "val_loss", "wall_s"):
+        f(key, "number")
+    f("init", "str")
+    best = f("best", "dict") or {}
+    field_value(best, "step", where, "int", lo=1, section="tgc.best")
+    field_value(best, "val_loss", where, "number", section="tgc.best")
     train = f("train", "dict") or {}
-    for key in ("beta1", "beta2", "weight_decay"):
+    for key in ("beta1", "beta2", "weight_decay", "min_lr_ratio"):
         field_value(train, key, where, "number", lo=0, hi=1, section="tgc.train")
+    field_value(train, "dropout", where, "number", lo=0, hi=0.999, section="tgc.train")
     for key in ("eps", "lr", "grad_clip"):
         field_value(train, key, where, "number", gt=0, section="tgc.train")
     field_value(train, "warmup", where, "int", lo=0, section="tgc.train")
@@ -584,8 +622,15 @@ def validate_trainer_state(state: dict, where: str, config_step: int | None = No
     field_value(state, "preset", where, "str", choices=presets.all_preset_names())
     field_value(state, "seed", where, "int", lo=0, hi=2**32 - 1)
     field_value(state, "lr", where, "number", gt=0)
+    for key in ("weight_decay", "min_lr_ratio"):
+        field_value(state, key, where, "number", lo=0, hi=1)
+    field_value(state, "wall_s", where, "number", lo=0)
+    best = field_value(state, "best", where, "dict") or {}
+    field_value(best, "step", where, "int", lo=1, section="best")
+    field_value(best, "val_loss", where, "number", section="best")
     batch = field_value(state, "batch", where, "int", lo=1, hi=_MAX_BATCH)
     field_value(state, "warmup", where, "int", lo=0)
+    field_value(state, "dropout", where, "number", lo=0, hi=0.999)
     field_value(state, "total_steps", where, "int", lo=1)
     for key in ("corpus", "corpus_digest"):
         field_value(state, key, where, "str")
@@ -646,7 +691,6 @@ def _read_json(p: Path) -> dict:
 
 
 # safetensors dtype -> (numpy dtype of the stored bits, how to widen them to f32)
-_BF16 = "BF16"
 SAFETENSORS_FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), _BF16: np.dtype("<u2"), "F64": np.dtype("<f8")}
 
 
@@ -933,3 +977,43 @@ def import_hf(src_dir, out_dir, preset: str | None = None, batch: int | None = N
            "model_origin": presets.family_model_path(fam).name,
            "params": sum(math.prod(s) for s in param_shapes(cfg).values())}
     return save_checkpoint(out, params, cfg, tok, tgc, source=model_source(cfg))
+
+
+# ---- export
+
+def export_checkpoint(src, out_dir, dtype: str = "fp16", card: bool = True, artifact: bool = True, log=None) -> Path:
+    """Write checkpoint `src` (a directory or gallery name) as a weights-only Hugging Face GPT-2
+    directory whose model.safetensors holds `dtype` (fp16, bf16 or fp32): what the gallery ships.
+    The tgc section is kept (it loads in tgc as it is, and `tgc train --init` fine-tunes it);
+    optimizer and trainer state are left out. With `card`, card.json is written beside it with
+    every field the checkpoint knows (tgc.gallery.CARD_FIELDS). With `artifact`, the compiled
+    generation artifact goes beside it in artifact/ (tgc.artifacts.write_prebuilt), so that a
+    first `tgc generate` from it compiles nothing while the compiler is the same. `out_dir`
+    must be new or empty."""
+    from tgc import gallery
+
+    if dtype not in DTYPES:
+        raise TgcError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    src_dir = gallery.resolve(src)
+    out = Path(out_dir)
+    s, o = src_dir.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise TgcError(f"-o {out} is {'the source' if o == s else 'inside the source'} {src}; export writes a new "
+                       "directory: choose another")
+    if out.exists() and not out.is_dir():
+        raise TgcError(f"-o {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        raise TgcError(f"-o {out} is not empty; export writes a new or empty directory, nothing was changed")
+    ck = load_checkpoint(src_dir)
+    tgc = {k: v for k, v in ck.tgc.items() if k not in ("checkpoint_id", "version", "model_file", "activation")}
+    tgc["exported_from"] = str(s)
+    extra = {}
+    if card:
+        extra[gallery.CARD] = _json(gallery.card_from_checkpoint(ck, out.name, dtype))
+    save_checkpoint(out, ck.params, ck.config, ck.tokenizer, tgc, source=ck.source, extra=extra, dtype=dtype)
+    if artifact:
+        from tgc.artifacts import PREBUILT_DIR, write_prebuilt
+        from tgc.generate import generation_artifact
+
+        write_prebuilt(*generation_artifact(ck), out / PREBUILT_DIR, log=log, filename=str(out / MODEL_SOURCE))
+    return out

@@ -85,7 +85,8 @@ def cmd_train(a) -> int:
     r = train(
         preset=a.preset, corpus=a.corpus, steps=a.steps, out=a.out, backend=a.backend, resume=a.resume, seed=a.seed,
         lr=a.lr, batch=a.batch, tokenizer=a.tokenizer, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
-        model_path=a.model, warmup=a.warmup, progress=sys.stderr.isatty(),
+        model_path=a.model, warmup=a.warmup, progress=sys.stderr.isatty(), weight_decay=a.weight_decay,
+        min_lr_ratio=a.min_lr_ratio, keep_best=not a.no_keep_best, init=a.init, dropout=a.dropout,
     )
     return 130 if getattr(r, "interrupted", False) else 0
 
@@ -116,6 +117,46 @@ def cmd_parity(a) -> int:
     from tgc.parity import parity_cli
 
     return parity_cli(preset=a.preset, steps=a.steps, seed=a.seed, model_path=a.model)
+
+
+def cmd_export(a) -> int:
+    from tgc.checkpoint import WEIGHTS, export_checkpoint
+
+    out = export_checkpoint(a.ckpt, a.out, dtype=a.dtype, card=not a.no_card, artifact=not a.no_artifact,
+                            log=lambda m: print(m, file=sys.stderr))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"exported {a.ckpt} -> {out} ({a.dtype} {WEIGHTS}, {_fmt_bytes(size)} in all)")
+    return 0
+
+
+def cmd_models(a) -> int:
+    from tgc import gallery
+
+    if a.refresh_artifacts:
+        done = gallery.refresh_artifacts(log=lambda m: print(m, file=sys.stderr))
+        print(f"refreshed {', '.join(done)}" if done else "every gallery artifact is current")
+        return 0
+    ms = gallery.models()
+    if a.json:
+        print(json.dumps([{"name": m.name, "path": str(m.path), "params": m.params, "size_bytes": m.size_bytes,
+                           "card": m.card, "problem": m.problem} for m in ms], indent=2))
+        return 0
+    if not ms:
+        print(f"no models in the gallery ({gallery.gallery_dir()})")
+        return 0
+    rows = [("name", "params", "corpus", "val loss", "size")]
+    for m in ms:
+        val = m.card.get("val_loss")
+        rows.append((m.name, f"{m.params / 1e6:.1f}M" if m.params else "?", str(m.card.get("corpus") or "?"),
+                     f"{val:.3f}" if isinstance(val, (int, float)) else "?", _fmt_bytes(m.size_bytes)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    for m in ms:
+        if m.problem:
+            print(f"note: {m.name}: {m.problem}", file=sys.stderr)
+    print(f"\n{gallery.gallery_dir()}; use a name where a checkpoint goes: tgc generate {ms[0].name} --prompt ...")
+    return 0
 
 
 def cmd_import(a) -> int:
@@ -208,14 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, help=f"warmup steps ({train_defaults()['warmup_steps']}, or a tenth of the run "
                    "if shorter)")
     s.add_argument("--batch", type=int, help="batch size (the preset's)")
+    s.add_argument("--dropout", type=float, help="dropout rate on embeddings and residual branches, training only "
+                   "(0 for a new run)")
     s.add_argument("--tokenizer", help="byte (the default for a new run) or bpe:N")
     s.add_argument("--eval-every", type=int, help="steps between validation losses (a tenth of the run, at most 500)")
     s.add_argument("--ckpt-every", type=int, help="steps between checkpoints (a quarter of the run, at most 1000)")
-    s.add_argument("--model", default=model, help="the DSL model file")
+    s.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices and embeddings "
+                   f"({train_defaults()['weight_decay']:g} for a new run; 0 <= WD <= 1)")
+    s.add_argument("--min-lr-ratio", type=float, help="the cosine schedule ends at this fraction of --lr "
+                   f"({train_defaults().get('min_lr_ratio', 0.1):g} for a new run; 0 <= R <= 1)")
+    s.add_argument("--no-keep-best", action="store_true",
+                   help="do not save the weights of each new lowest validation loss in OUT/best")
+    s.add_argument("--init", metavar="CKPT|NAME",
+                   help="fine-tune: start from this checkpoint's or gallery model's weights (fresh optimizer)")
+    s.add_argument("--model", help=f"the DSL model file (default: {model})")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("generate", help="generate text from a checkpoint")
-    s.add_argument("ckpt", help="checkpoint directory")
+    s = sub.add_parser("generate", help="generate text from a checkpoint or a gallery model")
+    s.add_argument("ckpt", help="checkpoint directory, or the name of a gallery model (tgc models)")
     s.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
     s.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     s.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
@@ -238,6 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("src", help="a save_pretrained directory")
     s.add_argument("-o", "--out", required=True, help="a new or empty directory (never the source)")
     s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("export", help="write a checkpoint as a weights-only Hugging Face GPT-2 directory (fp16)")
+    s.add_argument("ckpt", help="checkpoint directory or gallery name")
+    s.add_argument("-o", "--out", required=True, help="a new or empty directory")
+    s.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="the weights' dtype")
+    s.add_argument("--no-card", action="store_true", help="do not write card.json")
+    s.add_argument("--no-artifact", action="store_true",
+                   help="do not ship the compiled generation artifact in DIR/artifact (it saves the first compile)")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("models", help="list the pretrained models shipped with tgc (the gallery)")
+    s.add_argument("--json", action="store_true", help="every field of every card, as JSON")
+    s.add_argument("--refresh-artifacts", action="store_true",
+                   help="recompile the shipped generation artifacts that this compiler would not use (maintainers)")
+    s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
     s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")

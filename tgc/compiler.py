@@ -33,6 +33,7 @@ from tgc.ir.schedule import Schedule, schedule
 from tgc.ir.verify import verify_program
 
 TARGETS = ("wgsl", "wasm")
+TRAIN_OVERRIDES = ("weight_decay", "min_lr_ratio")  # run settings compiled into train_step as constants
 WASM_HEAP_BASE = 1 << 20  # the module's own stack and data live below this address
 MAX_BUFFER = 128 << 20  # pool size of the memory plan (tgc/ir/memplan.py)
 
@@ -82,10 +83,13 @@ def compile_model(
     source: str | None = None,
     filename: str | None = None,
     profile: bool = False,
+    only=PROGRAMS,
 ) -> Compiled:
     """Compile the model file `model_path` (or DSL text `source`, whose errors name `filename`)
     for a preset (plus overrides); with `out`, write the artifact there (with `profile`, the
-    wasm module also exports each launch on its own, for timing)."""
+    wasm module also exports each launch on its own, for timing). Overrides may also set the
+    optimizer constants of TRAIN_OVERRIDES (weight_decay, min_lr_ratio: compiled into
+    train_step). `only` compiles a subset of the programs (tgc.artifacts.GENERATE_PROGRAMS for generation)."""
     from tgc.frontend import ast as A
     from tgc.frontend import load_model, parse_file, parse_text
     from tgc.frontend.ast import format_module
@@ -110,8 +114,12 @@ def compile_model(
     p = presets.get_preset(preset, family)
     p.update(overrides or {})
     config = presets.model_config(p, family)
-    train = presets.train_defaults()
+    train = {**presets.train_defaults(), **{k: float(p[k]) for k in TRAIN_OVERRIDES if k in p}}
     batch = int(p["batch"])
+    unknown = [n for n in only if n not in PROGRAMS]
+    if unknown or not only:
+        raise TgcError(f"unknown program {unknown[0]!r}; choose from: {', '.join(PROGRAMS)}" if unknown
+                       else "no program to compile")
 
     dumper("parse.ast", format_module(module))
     model = load_model(module, config, filename=str(model_path))
@@ -121,8 +129,9 @@ def compile_model(
 
         idx = b.input("idx", (batch, config["ctx"]), "i32")
         dumper("forward.ir", format_graph({"logits": model.call("logits", idx)}, "forward graph (logits)"))
-    cfg = TrainConfig(train["beta1"], train["beta2"], train["eps"], train["weight_decay"], train["grad_clip"])
-    programs = build_programs(model, batch, cfg)
+    cfg = TrainConfig(train["beta1"], train["beta2"], train["eps"], train["weight_decay"], train["grad_clip"],
+                      train["min_lr_ratio"])
+    programs = build_programs(model, batch, cfg, tuple(only))
     stage("programs")
     dumper("programs.ir", lambda: "\n".join(format_program(pr) for pr in programs.values()))
     info = {"file": model_path.name, "preset": preset, "config": config, "batch": batch, "train": train,
@@ -320,4 +329,4 @@ def compile_model_text(source: str, preset: str, overrides: dict | None = None, 
     return compile_model(None, preset, targets=(), overrides=overrides, source=source, filename=filename)
 
 
-__all__ = ["PROGRAMS", "TARGETS", "Compiled", "compile_model", "compile_model_text", "compile_programs"]
+__all__ = ["PROGRAMS", "TARGETS", "TRAIN_OVERRIDES", "Compiled", "compile_model", "compile_model_text", "compile_programs"]

@@ -94,19 +94,35 @@ class Generation:
         return "".join(self)
 
 
+def generation_artifact(ck) -> tuple[str, str | None, dict]:
+    """(model text, preset, overrides) of a checkpoint's generation artifact: its config at
+    batch 1 (the generation programs run one sequence), whatever batch it trained at."""
+    return ck.source, ck.tgc.get("preset"), {**ck.compile_config, "batch": 1}
+
+
 def open_checkpoint_runtime(ckpt, backend: str = "auto", log=None, programs=("prefill", "decode_step", "forward"),
                             allow_nonfinite: bool = False):
     """(checkpoint, runtime) with the checkpoint's parameters written into a runtime compiled for
-    its config, ready to run `programs` without delay. The memory a generation needs is checked
-    against what is available before the weights are read (from the config) and again before the
-    runtime opens (from the compiled plan)."""
+    its config, ready to run `programs` without delay. `ckpt` is a checkpoint directory or the
+    name of a gallery model (tgc.gallery). The runtime's artifact holds the generation programs
+    only (GENERATE_PROGRAMS, batch 1), so a first generation compiles a fraction of what
+    training needs, and nothing where the checkpoint ships that artifact prebuilt
+    (CKPT/artifact/, as `tgc export` writes it and gallery models have it). The memory a generation needs is checked against what is available before
+    the weights are read (from the config) and again before the runtime opens (from the
+    compiled plan)."""
+    from tgc import gallery
+    from tgc.artifacts import GENERATE_PROGRAMS, PREBUILT_DIR
+
+    ckpt = gallery.resolve(ckpt)
+
     def memory(cfg, section):
         require(estimate(cfg, 1, "generate", f"generating from {ckpt}"), log, backend)
 
     ck = load_checkpoint(ckpt, allow_nonfinite=allow_nonfinite, check_memory=memory)
-    overrides = {**ck.compile_config, "batch": int(ck.tgc.get("batch") or 1)}
-    rt = checked_runtime(ck.source, ck.tgc.get("preset"), overrides, backend, "generate", f"generating from {ckpt}",
-                         log, str(ck.path / "model.tg"), programs)
+    source, preset, overrides = generation_artifact(ck)
+    rt = checked_runtime(source, preset, overrides, backend, "generate", f"generating from {ckpt}",
+                         log, str(ck.path / "model.tg"), programs, only=GENERATE_PROGRAMS,
+                         prebuilt=ck.path / PREBUILT_DIR)
     tensors = {t["name"]: t for t in rt.manifest["tensors"]}
     for name, value in ck.params.items():
         t = tensors.get(name)
@@ -146,7 +162,8 @@ def validate_options(prompt, max_new_tokens, temperature, top_k, top_p, seed, ba
 def generate(ckpt, prompt: str = "", max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
              top_p: float | None = None, seed: int = 0, kv_cache: bool = True, backend: str = "auto",
              slide: bool = True, log=None, allow_nonfinite: bool = False) -> Generation:
-    """Stream up to `max_new_tokens` new tokens after `prompt` from checkpoint directory `ckpt`."""
+    """Stream up to `max_new_tokens` new tokens after `prompt` from checkpoint directory `ckpt`
+    (or a gallery model's name: `generate("shakespeare", "ROMEO:")`)."""
     validate_options(prompt, max_new_tokens, temperature, top_k, top_p, seed, backend)
     # the first token needs prefill only (or forward): decode_step's pipelines are built at its
     # first run, after the first token is out

@@ -248,15 +248,17 @@ def check_manifest(manifest: dict, purpose: str = "train", what: str | None = No
 
 
 def checked_runtime(source: str, preset: str | None, overrides: dict, backend: str = "auto", purpose: str = "train",
-                    what: str | None = None, log=None, filename: str = "model.tg", programs=()):
+                    what: str | None = None, log=None, filename: str = "model.tg", programs=(), only=None,
+                    prebuilt=None):
     """tgc.artifacts.runtime_for with the exact memory check between compiling and opening:
     compile (or reuse) the artifact, refuse it if its memory plan does not fit, then open a
-    runtime ready to run `programs`. The numpy backend interprets the compiler's IR in memory
-    and has only the estimate."""
+    runtime ready to run `programs` (`only`: compile just these programs; `prebuilt`: a shipped
+    artifact to use where it matches, see tgc.artifacts). The numpy backend
+    interprets the compiler's IR in memory and has only the estimate."""
     from tgc.artifacts import compiled_artifact, runtime_for
     from tgc.runtime import choose_backend, load_manifest
 
     if choose_backend(backend, None) != "numpy":
-        check_manifest(load_manifest(compiled_artifact(source, preset or "tiny", overrides, log, filename)),
-                       purpose, what, log, backend)
-    return runtime_for(source, preset, overrides, backend, log, filename, programs)[0]
+        check_manifest(load_manifest(compiled_artifact(source, preset or "tiny", overrides, log, filename, only,
+                                                       prebuilt)), purpose, what, log, backend)
+    return runtime_for(source, preset, overrides, backend, log, filename, programs, only, prebuilt)[0]

@@ -96,6 +96,7 @@ def train_defaults() -> dict:
 
 
 def model_config(preset: dict, family: str = GPT) -> dict:
-    """The config values the family's model file takes, from a preset table (or a checkpoint's config)."""
-    keys = ("vocab", "ctx", "d", "heads", "layers") if family == GPT else tuple(family_info(family)["config"])
+    """The config values the family's model file takes, from a preset table (or a checkpoint's config);
+    gpt.tg's pdrop (the dropout rate) only where a run sets it: it changes train_step alone."""
+    keys = ("vocab", "ctx", "d", "heads", "layers", "pdrop") if family == GPT else tuple(family_info(family)["config"])
     return {k: preset[k] for k in keys if k in preset}

@@ -23,7 +23,7 @@ BUILTIN_ARITY: dict[str, tuple[int, int]] = {
     "gelu": (1, 1), "gelu_tanh": (1, 1), "relu": (1, 1), "softmax": (1, 2),
     "exp": (1, 1), "log": (1, 1), "sqrt": (1, 1), "tanh": (1, 1), "cos": (1, 1), "sin": (1, 1),
     "concat": (2, 3), "expand": (2, 2), "float": (1, 1), "arange": (1, 1),
-    "sum": (2, 2), "mean": (2, 2), "max": (2, 2),
+    "sum": (2, 2), "mean": (2, 2), "max": (2, 2), "dropout": (2, 2),
 }
 CONST_FUNCS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}  # allowed in size/std expressions
 INITS = {"normal": 1, "zeros": 0, "ones": 0}  # init -> number of arguments

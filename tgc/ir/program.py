@@ -6,8 +6,9 @@ persistent state, written in place: parameters, AdamW moments, KV caches). Its
 inputs and uniforms are whatever leaves the graph reaches, so passes never have to
 keep a side table in sync.
 
-- train_step: loss, gradients (autodiff), global-norm clipping, LR schedule and AdamW, all IR
-- eval_loss:  loss only
+- train_step: loss, gradients (autodiff), global-norm clipping, LR schedule and AdamW, all IR;
+              every DROPOUT becomes a mask drawn on the device from the host RNG (`_dropout`)
+- eval_loss:  loss only (DROPOUT is the identity here and in the programs below)
 - forward:    logits for a whole [1, ctx] sequence, no cache
 - prefill:    the same forward with every ATTENTION replaced by cache writes plus
               CACHED_ATTENTION, returning the logits at position len-1
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tgc.errors import TgcError
 from tgc.ir import build
 from tgc.ir.autodiff import grad
 from tgc.ir.node import Node, make, substitute, toposort
@@ -68,8 +70,8 @@ class TrainConfig:
 TRAIN_UNIFORMS = ("step", "lr", "warmup", "total_steps")
 
 
-def lr_schedule() -> Node:
-    """lr * linear warmup * cosine decay to min_lr_ratio, as a scalar IR expression of uniforms."""
+def lr_schedule(min_lr_ratio: float = TrainConfig.min_lr_ratio) -> Node:
+    """lr * linear warmup * cosine decay to min_lr_ratio * lr, as a scalar IR expression of uniforms."""
     b = build
     step, lr, warmup, total = (b.uniform(n) for n in TRAIN_UNIFORMS)
     one = b.full((), 1.0)
@@ -77,7 +79,7 @@ def lr_schedule() -> Node:
     t = b.div(b.sub(step, warmup), b.maximum(b.sub(total, warmup), one))
     t = b.minimum(b.maximum(t, b.full((), 0.0)), one)
     cos = b.mul(b.full((), 0.5), b.add(one, b.cos(b.mul(b.full((), math.pi), t))))
-    r = TrainConfig.min_lr_ratio
+    r = min_lr_ratio
     return b.mul(b.mul(lr, warm), b.add(b.full((), r), b.mul(b.full((), 1 - r), cos)))
 
 
@@ -92,7 +94,7 @@ def adamw(params: dict[str, Node], grads: dict[str, Node], cfg: TrainConfig) -> 
     norm = b.sqrt(total)
     scale = b.minimum(b.full((), 1.0), b.div(b.full((), cfg.grad_clip), b.add(norm, b.full((), 1e-6))))
     step = b.uniform("step")
-    lr = lr_schedule()
+    lr = lr_schedule(cfg.min_lr_ratio)
     bc1 = b.sub(b.full((), 1.0), b.exp(b.mul(step, b.full((), math.log(cfg.beta1)))))
     bc2 = b.sub(b.full((), 1.0), b.exp(b.mul(step, b.full((), math.log(cfg.beta2)))))
     step_size = b.div(lr, bc1)
@@ -110,6 +112,43 @@ def adamw(params: dict[str, Node], grads: dict[str, Node], cfg: TrainConfig) -> 
         updates[m.arg["name"]] = m2
         updates[v.arg["name"]] = v2
     return updates
+
+
+# The i32 uniform train_step takes when the model uses dropout: the step's key, tgc/rng.py's
+# bits(seed, "dropout", step - 1) as a bit pattern (tgc/train.py, runtime/ in the browser).
+DROPOUT_KEY = "dropout_key"
+
+
+def _dropout(outputs: list[Node], training: bool) -> list[Node]:
+    """Resolve every DROPOUT(x, p): the identity, or (training) x * where(u < p, 0, 1 / (1 - p))
+    with u = RAND(counter, key). Each site takes its own range of counters (its elements in
+    order, after the earlier sites' in graph order), so one key per step gives every site and
+    element an independent draw, computed the same way by numpy, WGSL and wasm."""
+    from tgc.ir.passes import _rewrite
+
+    b = build
+    key = b.uniform(DROPOUT_KEY, "i32")
+    offset = 0
+
+    def fn(n: Node):
+        nonlocal offset
+        if n.op is not Op.DROPOUT:
+            return None
+        x, p = n.srcs[0], n.arg
+        if not training:
+            return x
+        counter = b.reshape(b.iota((x.size,), 0), x.shape)
+        if offset:
+            counter = b.add(counter, b.full(x.shape, offset, "i32"))
+        offset += x.size
+        if offset >= 2**31:
+            raise TgcError(f"dropout draws {offset:,} numbers per step, more than i32 counters hold")
+        drop = b.cmplt(b.rand(counter, key), b.full(x.shape, p))
+        return b.mul(x, b.where(drop, b.full(x.shape, 0.0), b.full(x.shape, 1.0 / (1.0 - p))))
+
+    if not any(n.op is Op.DROPOUT for n in toposort(outputs)):
+        return outputs
+    return _rewrite(outputs, fn)
 
 
 def _bind_pos(outputs: list[Node], value: Node) -> list[Node]:
@@ -148,28 +187,31 @@ def _with_kv_cache(logits: Node, pos: Node, cache_len: int) -> tuple[Node, dict[
 PROGRAMS = ("train_step", "eval_loss", "forward", "prefill", "decode_step")
 
 
-def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig()) -> dict[str, Program]:
+def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig(), only=PROGRAMS) -> dict[str, Program]:
     """The programs of a GPT artifact (PROGRAMS, in that order) from a lowered DSL model
-    (tgc.frontend.lower.Model)."""
+    (tgc.frontend.lower.Model). `only` keeps a subset (a generation artifact: forward,
+    prefill, decode_step), and skips the autodiff when train_step and eval_loss are left out."""
     c = model.config
     ctx, vocab = c["ctx"], c["vocab"]
     zero = build.full((), 0, "i32")
     params = model.param_nodes
     progs: dict[str, Program] = {}
 
-    idx = build.input("idx", (batch, ctx), "i32")
-    targets = build.input("targets", (batch, ctx), "i32")
-    (loss,) = _bind_pos([model.call("loss", idx, targets)], zero)
-    grads = dict(zip(params, grad(loss, list(params.values()))))
-    progs["train_step"] = Program(
-        "train_step",
-        {"loss": loss, **{f"grad/{k}": g for k, g in grads.items()}},
-        adamw(params, grads, cfg),
-    )
-    progs["eval_loss"] = Program("eval_loss", {"loss": loss})
+    if "train_step" in only or "eval_loss" in only:
+        idx = build.input("idx", (batch, ctx), "i32")
+        targets = build.input("targets", (batch, ctx), "i32")
+        (model_loss,) = _bind_pos([model.call("loss", idx, targets)], zero)
+        (loss,) = _dropout([model_loss], training=True)
+        grads = dict(zip(params, grad(loss, list(params.values()))))
+        progs["train_step"] = Program(
+            "train_step",
+            {"loss": loss, **{f"grad/{k}": g for k, g in grads.items()}},
+            adamw(params, grads, cfg),
+        )
+        progs["eval_loss"] = Program("eval_loss", {"loss": _dropout([model_loss], training=False)[0]})
 
     seq = build.input("tokens", (1, ctx), "i32")
-    (logits,) = _bind_pos([model.call("logits", seq)], zero)
+    (logits,) = _dropout(_bind_pos([model.call("logits", seq)], zero), training=False)
     progs["forward"] = Program("forward", {"logits": logits})
 
     # prefill: the prompt padded to ctx; `len` real tokens; logits of the last one
@@ -180,8 +222,8 @@ def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig()) -> dict[
 
     tok = build.input("token", (1, 1), "i32")
     pos = build.uniform("pos", "i32")
-    (step_logits,) = _bind_pos([model.call("logits", tok)], pos)
+    (step_logits,) = _dropout(_bind_pos([model.call("logits", tok)], pos), training=False)
     step_logits, caches = _with_kv_cache(step_logits, pos, ctx)
     progs["decode_step"] = Program("decode_step", {"logits": build.reshape(step_logits, (1, vocab))}, caches)
-    assert tuple(progs) == PROGRAMS, f"build_programs made {tuple(progs)}, not {PROGRAMS}"
-    return progs
+    assert tuple(progs) == PROGRAMS[-len(progs):], f"build_programs made {tuple(progs)}, not {PROGRAMS}"
+    return {k: v for k, v in progs.items() if k in only}

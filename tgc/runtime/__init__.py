@@ -13,8 +13,10 @@ IR) live in tgc/artifacts.py.
 from __future__ import annotations
 
 import functools
+import glob
 import importlib
 import os
+import sys
 import tempfile
 
 from tgc.errors import TgcError
@@ -48,7 +50,20 @@ def gpu_adapter() -> tuple[dict | None, str]:
     return dict(adapter.info), ""
 
 
+# On Linux every GPU that Vulkan drives has a device node (DRM render nodes, NVIDIA's, AMD's
+# compute node, WSL's); lavapipe needs none, but it is no real GPU.
+GPU_DEVICE_NODES = ("/dev/dri/*", "/dev/nvidia*", "/dev/kfd", "/dev/dxg")
+
+
+def no_gpu_device() -> bool:
+    """True on Linux when no GPU device node exists: there is no real GPU, and `auto` can say so
+    without loading wgpu (about 1.5 s of a 2-core machine: cffi parses its headers)."""
+    return sys.platform.startswith("linux") and not any(glob.glob(p) for p in GPU_DEVICE_NODES)
+
+
 def real_gpu() -> bool:
+    if no_gpu_device():
+        return False
     info, _ = gpu_adapter()
     return info is not None and info.get("adapter_type") in ("DiscreteGPU", "IntegratedGPU")
 
