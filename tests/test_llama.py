@@ -279,6 +279,12 @@ def test_unknown_model_type_names_the_supported_ones(hf_llama, tmp_path):
         import_hf(src, tmp_path / "out")
 
 
+def test_dropout_is_refused_for_a_model_without_it(tmp_path):
+    rc, _out, err = run_cli("train", "--model", str(presets.family_model_path(LLAMA)), "--steps", "1", "--dropout", "0.1",
+                            "--out", str(tmp_path / "x"), "--backend", "numpy")
+    assert rc == 2 and "has no dropout rate" in err and not (tmp_path / "x" / "config.json").exists(), err
+
+
 def test_train_presets_come_from_the_model_family(tmp_path):
     rc, _out, err = run_cli("train", "--model", str(presets.family_model_path(LLAMA)), "--preset", "huge", "--steps", "1",
                            "--out", str(tmp_path / "x"))

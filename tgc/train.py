@@ -397,6 +397,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
     # likewise pdrop (dropout) only when a run sets it
     regular = {k: float(s[k]) for k in ("weight_decay", "min_lr_ratio") if float(s[k]) != float(defaults.get(k, 0.1))}
     if s["dropout"]:
+        if family != presets.GPT:  # its config values are the family's (tgc/family.py): no pdrop among them
+            raise TgcError(f"--dropout: {model_file} ({family}) has no dropout rate in its config; train it without --dropout")
         regular["pdrop"] = float(s["dropout"])
     rt = checked_runtime(source, s["preset"], {**config, "batch": B, **regular}, backend, "train", what, log,
                          filename, ("train_step", "eval_loss"))
