@@ -203,6 +203,7 @@ async function activate(target, { backend = $("backend").value, reason = "" } = 
   page.current = { ...target, bytes: undefined, preset: model.settings.preset };
   localStorage.setItem("tgc.current", JSON.stringify({ kind: target.kind, name: target.name || null }));
   renderBackend(model, backend, reason);
+  if (page.fit && page.fit.backend !== model.backend) { page.fit = null; measureSoon(); }   // the estimate is per backend
   renderModelCard();
   renderPicker();
   drawChart(true);
@@ -280,7 +281,7 @@ function renderPicker() {
   const sel = $("model-pick");
   const cur = page.current ? (page.current.kind === "gallery" ? `g:${page.current.name}` : page.current.kind) : "";
   sel.innerHTML = "";
-  for (const m of page.site.models) sel.append(new Option(`${m.title} (pretrained, ${fmtCount(m.params)})`, `g:${m.name}`));
+  for (const m of page.site.models) sel.append(new Option(`${m.title} · ${fmtCount(m.params)}`, `g:${m.name}`));
   if (page.autosave && siteArtifacts().has(page.autosave.artifact)) sel.append(new Option(`Your model (step ${page.autosave.step})`, "yours"));
   if (cur === "fresh") sel.append(new Option("Fresh weights", "fresh"));
   sel.value = cur;
@@ -410,9 +411,11 @@ const selectedPreset = () => page.site && page.site.presets.find((p) => p.name =
 
 /** FLOPs of one run of a program: the matmuls (12·d² per layer per token), the tied lm
  * head (V·d), attention over the full window (2·T·d per layer per token), 2 per
- * multiply-add; a training step is forward + backward, about 3 forwards. */
+ * multiply-add; a training step is forward + backward, about 3 forwards; decode_step is
+ * one token at position 0. */
 function stepFlops(cfg, batch, program = "train_step") {
   const { vocab: V, ctx: T, d, layers: L } = cfg;
+  if (program === "decode_step") return 2 * (12 * d * d * L + V * d + 2 * L * d);
   const fwd = batch * T * 2 * (12 * d * d * L + V * d + 2 * L * T * d);
   return program === "train_step" ? 3 * fwd : fwd;
 }
@@ -424,13 +427,14 @@ function overheadUnits(backend, launches, layers, refLayers) {
 }
 
 /** step_time = overhead + math: fit c (per overhead unit) and b (per FLOP) from the
- * warm-up's train_step and eval_loss medians on the current model. */
+ * warm-up's train_step and decode_step medians on the current model (decode_step is
+ * nearly all overhead, train_step mostly math: the two separate well). */
 function fitCost(m, model) {
   const cfg = model.config, B = model.batch, be = m.backend;
-  const Ft = stepFlops(cfg, B, "train_step"), Fe = stepFlops(cfg, B, "eval_loss");
-  const nt = overheadUnits(be, m.launches.train_step), ne = overheadUnits(be, m.launches.eval_loss);
+  const Ft = stepFlops(cfg, B, "train_step"), Fe = stepFlops(cfg, B, "decode_step");
+  const nt = overheadUnits(be, m.launches.train_step), ne = overheadUnits(be, m.launches.decode_step);
   const det = nt * Fe - ne * Ft;
-  let c = det ? (m.trainMs * Fe - m.evalMs * Ft) / det : 0, b = det ? (nt * m.evalMs - ne * m.trainMs) / det : m.trainMs / Ft;
+  let c = det ? (m.trainMs * Fe - m.decodeMs * Ft) / det : 0, b = det ? (nt * m.decodeMs - ne * m.trainMs) / det : m.trainMs / Ft;
   if (!(c >= 0 && b >= 0)) {
     // noise put one term below zero: keep the larger share (all math, or all overhead)
     if (!(b > 0)) { b = 0; c = m.trainMs / nt; } else { c = 0; b = m.trainMs / Ft; }
@@ -489,9 +493,15 @@ function renderEstimate() {
   const evalMs = evals * 8 * f.evalBatchMs * (stepFlops(p.config, p.batch, "eval_loss") / Math.max(1, stepFlops(page.model.config, page.model.batch, "eval_loss")));
   const total = n * per + evalMs;
   const m = f.measured;
-  $("estimate").textContent = `Train your own: ${p.name} for ${n.toLocaleString()} steps takes about ${fmtDuration(total)} on this machine (${BACKEND_NAME[f.backend]}, ~${fmtMs(per)} a step). ` +
-    `Measured here: ${fmtMs(m.trainMs)} a training step and ${fmtMs(m.evalMs)} an evaluation batch of ${page.model.settings.preset || "this model"} (median of ${m.steps}); ` +
-    `fit: ${fmtMs(f.c)} fixed${f.backend === "webgpu" ? " per kernel launch" : " per step"} + ${f.b > 0 ? `${(1 / f.b / 1e6).toFixed(2)} GFLOP/s` : "no math term"}.`;
+  const el = $("estimate");
+  el.innerHTML = "";
+  const head = document.createElement("strong");
+  head.textContent = `Training ${p.name} for ${n.toLocaleString()} steps takes about ${fmtDuration(total)} on this machine`;
+  const detail = document.createElement("span");
+  detail.className = "detail";
+  detail.textContent = ` (${BACKEND_NAME[f.backend]}, ~${fmtMs(per)} a step). Measured here: ${fmtMs(m.trainMs)} a training step, ${fmtMs(m.evalMs)} an evaluation batch and ${fmtMs(m.decodeMs)} a decode step of ${page.model.settings.preset || "this model"} (medians of ${m.steps}); ` +
+    `fit: ${f.c > 0 ? `${fmtMs(f.c)} fixed${f.backend === "webgpu" ? " per kernel launch" : " per step"}` : "no measurable fixed overhead"} + ${f.b > 0 ? `${(1 / f.b / 1e6).toFixed(2)} GFLOP/s of math` : "no measurable math term"}.`;
+  el.append(head, detail);
   page.estimate = { preset: p.name, steps: n, stepMs: per, totalMs: total };
 }
 
@@ -681,7 +691,7 @@ function drawChart(force = false) {
       width: Math.max(200, el.clientWidth), height: 220, scales: { x: { time: false } }, legend: { live: false },
       series: [{ label: "step" }, { label: "train loss", stroke: "#1a5fb4", width: 1.5, spanGaps: true },
                { label: "val loss", stroke: "#d93025", width: 2, spanGaps: true, points: { show: true, size: 5 } }],
-      axes: [{ label: "step" }, { label: "loss (nats/token)", size: 60 }],
+      axes: [{ label: "step" }, { label: "loss", size: 50 }],
     }, data, el);
     new ResizeObserver(() => chart.setSize({ width: Math.max(200, el.clientWidth), height: 220 })).observe(el);
   } else {

@@ -320,10 +320,11 @@ export class Model {
     if (rest) yield rest;
   }
 
-  /** The warm-up behind the training-time estimate: `steps` timed runs each of train_step
-   * and eval_loss on random tokens (after one untimed run, which on WebGPU creates the
-   * pipelines), medians in ms. The parameters, moments and KV caches are read before and
-   * written back after, so the model is as it was. */
+  /** The warm-up behind the training-time estimate: `steps` timed runs each of train_step,
+   * eval_loss and decode_step (little math, as many launches as a forward pass: the
+   * overhead probe) on random tokens, after one untimed run each (which on WebGPU creates
+   * the pipelines); medians in ms. The parameters, moments and KV caches are read before
+   * and written back after, so the model is as it was. */
   measure({ steps = 3 } = {}) {
     return this._exclusive(async () => {
       const keep = await this._readState(true);
@@ -331,9 +332,11 @@ export class Model {
       const rand = () => Int32Array.from({ length: B * T }, () => Math.floor(Math.random() * V));
       const time = async (program, uniforms) => {
         const ms = [];
+        const decode = program === "decode_step";
         for (let i = 0; i <= steps; i++) {
           const t0 = performance.now();
-          await this.executor.run(program, { inputs: { idx: rand(), targets: rand() }, uniforms: this._uniforms(uniforms), read: ["loss"] });
+          const inputs = decode ? { token: new Int32Array([Math.floor(Math.random() * V)]) } : { idx: rand(), targets: rand() };
+          await this.executor.run(program, { inputs, uniforms: this._uniforms(uniforms), read: [decode ? "logits" : "loss"] });
           if (i) ms.push(performance.now() - t0);
         }
         return ms.sort((a, b) => a - b)[ms.length >> 1];
@@ -341,8 +344,10 @@ export class Model {
       try {
         const trainMs = await time("train_step", { step: 1, lr: 0, warmup: 1, total_steps: 1 });
         const evalMs = await time("eval_loss", {});
+        const decodeMs = await time("decode_step", { pos: 0 });
         const launches = (p) => this.manifest.programs[p].launches.length;
-        return { trainMs, evalMs, steps, launches: { train_step: launches("train_step"), eval_loss: launches("eval_loss") }, backend: this.backend };
+        return { trainMs, evalMs, decodeMs, steps, backend: this.backend,
+                 launches: { train_step: launches("train_step"), eval_loss: launches("eval_loss"), decode_step: launches("decode_step") } };
       } finally {
         for (const [n, t] of Object.entries(keep)) await this.executor.write(n, t.data);
         for (const t of this.manifest.tensors) if (t.role === "kv_cache") await this.executor.write(t.name, new Float32Array(numel(t.shape)));
