@@ -203,7 +203,7 @@ async function activate(target, { backend = $("backend").value, reason = "" } = 
   page.current = { ...target, bytes: undefined, preset: model.settings.preset };
   localStorage.setItem("tgc.current", JSON.stringify({ kind: target.kind, name: target.name || null }));
   renderBackend(model, backend, reason);
-  if (page.fit && page.fit.backend !== model.backend) { page.fit = null; measureSoon(); }   // the estimate is per backend
+  if (page.fit && page.fit.backend !== model.backend) { page.fit = null; renderPresets(); measureSoon(); }   // the estimate is per backend
   renderModelCard();
   renderPicker();
   drawChart(true);
@@ -229,12 +229,14 @@ async function onDeviceLost(model, info) {
   const from = target.kind === "yours" && page.autosave ? `your model from its autosave (step ${page.autosave.step})` : target.kind === "gallery" ? `${target.name} from the site` : "fresh weights";
   const backend = $("backend").value === "webgpu" ? "auto" : $("backend").value;
   $("backend").value = backend;
-  message(`The GPU device was lost (${info.reason || "unknown"}${info.message ? `: ${info.message}` : ""}). Reopening ${from}…`);
+  const what = `The GPU device was lost (${info.reason || "unknown"}${info.message ? `: ${info.message.replace(/\.$/, "")}` : ""})`;
+  message(`${what}. Reopening ${from}…`);
   try {
     await waitIdle();
     const kind = target.kind === "yours" && !page.autosave ? "fresh" : target.kind;
     await activate({ ...target, kind }, { backend, reason: "the WebGPU device was lost" });
-    message(`The GPU device was lost (${info.reason || "unknown"}${info.message ? `: ${info.message}` : ""}). The page reopened ${from} on ${BACKEND_NAME[page.model.backend]}; it keeps working.`);
+    message(`${what}. The page reopened ${from} on ${BACKEND_NAME[page.model.backend]}; it keeps working.`);
+    status(`${from} reopened on ${BACKEND_NAME[page.model.backend]} after the device loss`);
   } catch (e) {
     message(`The GPU device was lost, and reopening the model failed: ${e.message}`);
   }

@@ -46,6 +46,18 @@ N_TOKENS = 60
 TRAIN_STEPS = 50
 
 
+def shoot(pg, path: Path, full_page: bool = False) -> None:
+    """A screenshot, re-saved with a 256-colour palette (a third of the size: they are committed)."""
+    pg.screenshot(path=str(path), full_page=full_page)
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as im:
+        q = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    q.save(path, optimize=True)
+
+
 def _shot_dir(tmp_path: Path) -> Path:
     d = Path(os.environ.get("TGC_SCREENSHOTS") or tmp_path / "shots")
     d.mkdir(parents=True, exist_ok=True)
@@ -212,7 +224,7 @@ def _end_to_end(app: App, query: str, backend: str, tmp_path: Path, shots: dict,
     tiny_option = pg.inner_text("#preset option[value=tiny]")
     assert "/step" in tiny_option and "params" in tiny_option and "MiB" in tiny_option, tiny_option
     assert "not in this bundle" in pg.inner_text("#preset option[value=huge]")
-    pg.screenshot(path=str(shots["first"]))
+    shoot(pg, shots["first"])
 
     # 2. stream >= 50 tokens; count what the page painted, frame by frame
     pg.evaluate("""() => { const el = document.getElementById('out-text'); window.painted = [];
@@ -227,7 +239,7 @@ def _end_to_end(app: App, query: str, backend: str, tmp_path: Path, shots: dict,
     assert len(painted) >= 3 and painted[0] < len(g["text"]), f"tokens did not appear as they came: {painted}"
     stats = pg.inner_text("#gen-stats")
     assert f"{N_TOKENS} tokens" in stats and "tokens/s (prompt excluded)" in stats and "first token" in stats, stats
-    pg.screenshot(path=str(shots["generating"]))
+    shoot(pg, shots["generating"])
 
     # 3-4. train the tiny model 50 more steps (from scratch is test_train_from_scratch: 50
     # steps from fresh weights leave a model whose greedy text is all spaces, which would make
@@ -254,7 +266,7 @@ def _end_to_end(app: App, query: str, backend: str, tmp_path: Path, shots: dict,
 
     watch(lambda s: s[2] and s[0] >= start + min(10, train_steps // 2))
     assert pg.inner_text("#st-tps") not in ("–", "") and pg.inner_text("#st-eta") not in ("–", "")
-    pg.screenshot(path=str(shots["training"]))
+    shoot(pg, shots["training"], full_page=True)
     pg.click("#pause")
     pg.wait_for_function("window.tgcPage.pausedAt !== undefined", timeout=120_000)
     at = pg.evaluate("window.tgcPage.model.step")
@@ -326,7 +338,7 @@ def test_end_to_end_webgpu(playwright, app_site, tmp_path, train_steps):
         g = generate(pg, PROMPT, 20, 0)
         assert g["newTokens"] == 20
         pg.evaluate("scrollTo(0, 0)")
-        pg.screenshot(path=str(shots / "device-lost.png"))
+        shoot(pg, shots / "device-lost.png")
         assert not app.outside, app.outside
         assert not app.errors, app.errors
     finally:
@@ -370,7 +382,7 @@ def test_bad_uploads_keep_the_model(playwright, app_site, other_model, pretraine
             again = generate(pg, PROMPT, 40, 0)
             assert again["tokenIds"] == before["tokenIds"], "the current model changed"
         pg.evaluate("scrollTo(0, 0)")
-        pg.screenshot(path=str(shots / "error.png"))
+        shoot(pg, shots / "error.png")
         assert not app.outside and not app.errors, (app.outside, app.errors)
     finally:
         app.close()
@@ -404,7 +416,7 @@ def test_gallery_fp16_model_and_page_quality(playwright, app_site, pretrained, t
         pg.keyboard.press("Enter")
         pg.wait_for_function("window.tgcPage.lastGen !== null", timeout=60_000)
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390, "the phone layout overflows sideways"
-        pg.screenshot(path=str(shots / "phone.png"), full_page=True)
+        shoot(pg, shots / "phone.png", full_page=True)
         assert not app.outside and not app.errors, (app.outside, app.errors)
     finally:
         app.close()
@@ -429,3 +441,14 @@ def test_train_from_scratch(playwright, app_site, tmp_path):
         assert not app.outside and not app.errors, (app.outside, app.errors)
     finally:
         app.close()
+
+
+def test_bundle_model_by_name(tmp_path, monkeypatch):
+    """--model takes a directory, or the name of a model shipped in tgc/gallery/."""
+    from tgc import bundle
+
+    monkeypatch.setattr(bundle, "gallery_dir", lambda: tmp_path / "gallery")
+    (tmp_path / "gallery" / "shakespeare").mkdir(parents=True)
+    assert bundle.resolve_model("shakespeare") == tmp_path / "gallery" / "shakespeare"
+    assert bundle.resolve_model(str(tmp_path)) == tmp_path
+    assert bundle.resolve_model("nope") == Path("nope")   # then: "checkpoint nope not found", exit 2

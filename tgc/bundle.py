@@ -67,6 +67,19 @@ def schema_path() -> Path | None:
     return p if p.exists() else None
 
 
+def gallery_dir() -> Path:
+    """Where the package's shipped models live (tgc/gallery/NAME/, each a GPT-2 directory)."""
+    return Path(__file__).resolve().parent / "gallery"
+
+
+def resolve_model(m) -> Path:
+    """A --model argument: a directory, else the name of a shipped model (tgc/gallery/NAME)."""
+    p = Path(m)
+    if p.exists() or os.sep in str(m) or not (gallery_dir() / str(m)).is_dir():
+        return p
+    return gallery_dir() / str(m)
+
+
 def _load_model(path, preset: str | None = None):
     """A checkpoint or gallery directory -> (loaded Checkpoint, directory to zip, card or {}).
 
@@ -232,7 +245,7 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
     if ckpt is not None:
         gallery.append((*_load_model(ckpt, preset), True))
     for m in models:
-        gallery.append((*_load_model(m), False))
+        gallery.append((*_load_model(resolve_model(m)), False))
     texts = []
     for c in (["shakespeare"] if corpora is None else corpora):
         name, text = load_text(c)

@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
     s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
-    s.add_argument("--model", action="append", help="a gallery model directory (Hugging Face GPT-2 or tgc checkpoint) "
-                   "to ship after CKPT; repeatable; the first model is the default")
+    s.add_argument("--model", action="append", help="a model to ship in the page's gallery after CKPT: a directory "
+                   "(Hugging Face GPT-2 or tgc checkpoint) or a shipped model's name; repeatable; the first is the default")
     s.add_argument("--train-preset", action="append", help="a preset the page can train from fresh weights "
                    "(its artifact is shipped); repeatable; default --preset, else tiny")
     s.add_argument("--corpus", action="append", help="shakespeare (default), python, or a text file; repeatable")
