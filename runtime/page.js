@@ -172,14 +172,14 @@ async function sourceFiles(target) {
 
 /** Make `target` the current model: open its artifact (or reuse the open one), load its
  * weights. On failure the previous model stays loaded and current. */
-async function activate(target, { backend = $("backend").value, reason = "" } = {}) {
+async function activate(target, { backend = $("backend").value, reason = "", reopen = false } = {}) {
   const prev = page.model;
   page.ready = false;
   refresh();
   const src = await sourceFiles(target);
   const url = artifactUrl(target.artifact);
   let model = prev;
-  if (!prev || prev.base !== url || (backend !== "auto" && prev.backend !== backend) || prev.executor.lost) {
+  if (reopen || !prev || prev.base !== url || (backend !== "auto" && prev.backend !== backend) || prev.executor.lost) {
     const manifest = await loadManifest(url);
     const can = await checkArtifact(manifest);
     page.check = can;
@@ -201,6 +201,7 @@ async function activate(target, { backend = $("backend").value, reason = "" } = 
     watchDevice(model);
   }
   page.current = { ...target, bytes: undefined, preset: model.settings.preset };
+  page.backendChoice = backend;
   localStorage.setItem("tgc.current", JSON.stringify({ kind: target.kind, name: target.name || null }));
   renderBackend(model, backend, reason);
   if (page.fit && page.fit.backend !== model.backend) { page.fit = null; renderPresets(); measureSoon(); }   // the estimate is per backend
@@ -316,16 +317,15 @@ $("backend").onchange = async () => {
     const manifest = await loadManifest(artifactUrl(cur.artifact));
     const can = await checkArtifact(manifest);
     if (backend !== "auto" && !can[backend].ok) throw new Error(`cannot run this model on ${BACKEND_NAME[backend]}: ${can[backend].reason}`);
-    closing.add(prev);
-    page.model = null;
-    await prev.close();
-    await activate(target, { backend });
+    await activate(target, { backend, reopen: true });   // the previous model is closed only once this one is open
     page.current = { ...cur };
     page.fit = null;
     measureSoon();
     status(`now on ${BACKEND_NAME[page.model.backend]}`);
   } catch (e) {
-    message(`Could not switch the backend: ${e.message}`);
+    message(`Could not switch the backend: ${e.message}. The model stays on ${BACKEND_NAME[page.model.backend]}.`);
+    $("backend").value = page.backendChoice;
+    page.ready = true;
     refresh();
   }
 };

@@ -251,14 +251,14 @@ def _end_to_end(app: App, query: str, backend: str, tmp_path: Path, shots: dict,
     pg.fill("#steps", str(train_steps))
     pg.fill("#eval-every", "25")
     pg.fill("#lr", "0.003")
+    # what the stats bar and the chart showed, frame by frame
+    pg.evaluate("""() => { window.trace = []; const tick = () => { window.trace.push([document.getElementById('st-step').textContent,
+      window.tgcPage.chartPoints]); if (!window.stopTrace) requestAnimationFrame(tick); }; requestAnimationFrame(tick); }""")
     pg.click("#continue")
-    seen_steps, seen_points = set(), set()
 
     def watch(until):
         while True:
             s = pg.evaluate("[window.tgcPage.model && window.tgcPage.model.step, window.tgcPage.chartPoints, !!window.tgcPage.training]")
-            seen_steps.add(pg.inner_text("#st-step"))
-            seen_points.add(s[1])
             if until(s):
                 return s
             assert page_error(pg) is None, page_error(pg)
@@ -277,7 +277,9 @@ def _end_to_end(app: App, query: str, backend: str, tmp_path: Path, shots: dict,
     watch(lambda s: not s[2])
     times["train"] = time.perf_counter() - t1
     assert pg.evaluate("window.tgcPage.model.step") == end
-    assert len(seen_steps) >= 5 and len(seen_points) >= 5, (seen_steps, seen_points)
+    trace = pg.evaluate("window.stopTrace = true; window.trace")
+    seen_steps, seen_points = {t[0] for t in trace}, {t[1] for t in trace}
+    assert len(seen_steps) >= 10 and len(seen_points) >= 5, (seen_steps, seen_points)
     evals = len([s for s in range(start + 1, end + 1) if s % 25 == 0 or s == end])
     assert pg.inner_text("#st-val") != "–" and pg.evaluate("window.tgcPage.model.valHistory.length") == vals + evals
     assert at < end
@@ -416,6 +418,11 @@ def test_gallery_fp16_model_and_page_quality(playwright, app_site, pretrained, t
         pg.keyboard.press("Enter")
         pg.wait_for_function("window.tgcPage.lastGen !== null", timeout=60_000)
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390, "the phone layout overflows sideways"
+        # asking for WebGPU where there is none: a message, the model stays where it was
+        pg.select_option("#backend", "webgpu")
+        pg.wait_for_function("window.tgcPage.error && window.tgcPage.error.includes('Could not switch')", timeout=60_000)
+        assert pg.evaluate("[window.tgcPage.model.backend, window.tgcPage.ready]") == ["wasm", True]
+        assert pg.input_value("#backend") == "auto"
         shoot(pg, shots / "phone.png", full_page=True)
         assert not app.outside and not app.errors, (app.outside, app.errors)
     finally:
