@@ -441,7 +441,8 @@ function fitCost(m, model) {
     // noise put one term below zero: keep the larger share (all math, or all overhead)
     if (!(b > 0)) { b = 0; c = m.trainMs / nt; } else { c = 0; b = m.trainMs / Ft; }
   }
-  return { c, b, backend: be, layers: cfg.layers, launches: m.launches.train_step, measured: m, evalBatchMs: m.evalMs };
+  return { c, b, backend: be, layers: cfg.layers, launches: m.launches.train_step, measured: m, evalBatchMs: m.evalMs,
+           config: cfg, batch: B, preset: model.settings.preset || "this model" };
 }
 
 function estimateStepMs(p) {
@@ -492,7 +493,7 @@ function renderEstimate() {
   if (!f || !p) return;
   const per = estimateStepMs(p), every = Number($("eval-every").value) || 0;
   const evals = every ? Math.floor(n / every) + (n % every ? 1 : 0) : 0;
-  const evalMs = evals * 8 * f.evalBatchMs * (stepFlops(p.config, p.batch, "eval_loss") / Math.max(1, stepFlops(page.model.config, page.model.batch, "eval_loss")));
+  const evalMs = evals * 8 * f.evalBatchMs * (stepFlops(p.config, p.batch, "eval_loss") / Math.max(1, stepFlops(f.config, f.batch, "eval_loss")));
   const total = n * per + evalMs;
   const m = f.measured;
   const el = $("estimate");
@@ -501,7 +502,7 @@ function renderEstimate() {
   head.textContent = `Training ${p.name} for ${n.toLocaleString()} steps takes about ${fmtDuration(total)} on this machine`;
   const detail = document.createElement("span");
   detail.className = "detail";
-  detail.textContent = ` (${BACKEND_NAME[f.backend]}, ~${fmtMs(per)} a step). Measured here: ${fmtMs(m.trainMs)} a training step, ${fmtMs(m.evalMs)} an evaluation batch and ${fmtMs(m.decodeMs)} a decode step of ${page.model.settings.preset || "this model"} (medians of ${m.steps}); ` +
+  detail.textContent = ` (${BACKEND_NAME[f.backend]}, ~${fmtMs(per)} a step). Measured here: ${fmtMs(m.trainMs)} a training step, ${fmtMs(m.evalMs)} an evaluation batch and ${fmtMs(m.decodeMs)} a decode step of ${f.preset} (medians of ${m.steps}); ` +
     `fit: ${f.c > 0 ? `${fmtMs(f.c)} fixed${f.backend === "webgpu" ? " per kernel launch" : " per step"}` : "no measurable fixed overhead"} + ${f.b > 0 ? `${(1 / f.b / 1e6).toFixed(2)} GFLOP/s of math` : "no measurable math term"}.`;
   el.append(head, detail);
   page.estimate = { preset: p.name, steps: n, stepMs: per, totalMs: total };
@@ -512,20 +513,33 @@ function measureSoon() {
   setTimeout(() => { measuring = measuring || measure().finally(() => { measuring = null; }); }, 300);
 }
 
+/** The warm-up: a few steps of the default training preset (site.train_preset) on the
+ * current backend, on the open model when it is that artifact, else on a second model
+ * opened for it and closed after (a large gallery model is not stepped, and generation
+ * from it is not held up). */
 async function measure() {
   await waitIdle();
   const model = page.model;
   if (!model || page.fit) return;
-  $("estimate").textContent = `measuring this machine (a few training steps on ${BACKEND_NAME[model.backend]})…`;
+  const p = page.site.presets.find((x) => x.name === page.site.train_preset && x.artifact);
+  const own = !p || artifactUrl(p.artifact) === model.base;
+  $("estimate").textContent = `measuring this machine (a few training steps of ${own ? model.settings.preset || "this model" : p.name} on ${BACKEND_NAME[model.backend]})…`;
+  let probe = model;
   try {
-    const m = await model.measure({ steps: model.backend === "webgpu" ? 2 : 3 });
+    if (!own) {
+      probe = await openArtifact(p.artifact, { backend: model.backend, programs: ["train_step", "eval_loss", "decode_step"] });
+      await probe.init(0);
+    }
+    const m = await probe.measure({ steps: model.backend === "webgpu" ? 2 : 3 });
     if (model !== page.model) return;
-    page.fit = fitCost(m, model);
+    page.fit = fitCost(m, probe);
     renderPresets();
     renderEstimate();
   } catch (e) {
     if (model.executor.lost) return;
     $("estimate").textContent = `Could not measure this machine: ${e.message}`;
+  } finally {
+    if (probe !== model) { closing.add(probe); await probe.close(); }
   }
 }
 

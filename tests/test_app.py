@@ -129,7 +129,7 @@ def other_model(tmp_path_factory):
     save_checkpoint(out, params, cfg, byte_tokenizer(), {"preset": "tiny", "batch": 16, "step": 0})
     z = out.parent / "ctx64.zip"
     _zip(out, z)
-    return z
+    return {"zip": z, "dir": out}
 
 
 def _zip(d: Path, dst: Path) -> Path:
@@ -372,7 +372,7 @@ def test_bad_uploads_keep_the_model(playwright, app_site, other_model, pretraine
         good = (app_site["path"] / "checkpoint.zip").read_bytes()
         truncated = tmp_path / "truncated.zip"
         truncated.write_bytes(good[: len(good) // 2])
-        for f, says in ((truncated, "corrupt or truncated"), (other_model, "another model")):
+        for f, says in ((truncated, "corrupt or truncated"), (other_model["zip"], "another model")):
             pg.evaluate("window.tgcPage.error = null")
             pg.set_input_files("#upload", str(f))
             pg.wait_for_function("window.tgcPage.error !== null", timeout=60_000)
@@ -459,3 +459,30 @@ def test_bundle_model_by_name(tmp_path, monkeypatch):
     assert bundle.resolve_model("shakespeare") == tmp_path / "gallery" / "shakespeare"
     assert bundle.resolve_model(str(tmp_path)) == tmp_path
     assert bundle.resolve_model("nope") == Path("nope")   # then: "checkpoint nope not found", exit 2
+
+
+def test_estimate_measures_the_training_preset_beside_another_model(playwright, other_model, tmp_path):
+    """When the default model is not the training preset's artifact (a gallery model of
+    another size), the warm-up runs on a second model of the training preset, closed after;
+    the gallery model stays loaded and generates."""
+    from tgc.bundle import bundle
+    from tgc.serve import serve_in_thread
+
+    site = bundle(other_model["dir"], tmp_path / "site", corpora=[], train_presets=["tiny"], log=None)
+    info = json.loads((site / "site.json").read_text())
+    tiny = next(p for p in info["presets"] if p["name"] == "tiny")
+    assert tiny["artifact"].startswith("artifacts/") and info["models"][0]["artifact"] == "artifact/"
+    srv, url = serve_in_thread(site)
+    app = App(playwright, url, webgpu=False)
+    try:
+        pg = app.page()
+        wait_ready(pg)
+        pg.wait_for_function("window.tgcPage.fit", timeout=120_000)
+        assert "of tiny" in pg.inner_text("#estimate") and pg.evaluate("window.tgcPage.fit.config.ctx") == 32
+        assert pg.evaluate("window.tgcPage.model.config.ctx") == 64
+        assert generate(pg, PROMPT, 10, 0)["newTokens"] == 10
+        assert not app.outside and not app.errors, (app.outside, app.errors)
+    finally:
+        app.close()
+        srv.shutdown()
+        srv.server_close()
