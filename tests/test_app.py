@@ -418,12 +418,12 @@ def test_gallery_fp16_model_and_page_quality(playwright, app_site, pretrained, t
         pg.keyboard.press("Enter")
         pg.wait_for_function("window.tgcPage.lastGen !== null", timeout=60_000)
         assert pg.evaluate("document.documentElement.scrollWidth") <= 390, "the phone layout overflows sideways"
+        shoot(pg, shots / "phone.png", full_page=True)
         # asking for WebGPU where there is none: a message, the model stays where it was
         pg.select_option("#backend", "webgpu")
         pg.wait_for_function("window.tgcPage.error && window.tgcPage.error.includes('Could not switch')", timeout=60_000)
         assert pg.evaluate("[window.tgcPage.model.backend, window.tgcPage.ready]") == ["wasm", True]
         assert pg.input_value("#backend") == "auto"
-        shoot(pg, shots / "phone.png", full_page=True)
         assert not app.outside and not app.errors, (app.outside, app.errors)
     finally:
         app.close()
