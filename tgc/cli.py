@@ -192,7 +192,7 @@ def cmd_bundle(a) -> int:
     from tgc.bundle import bundle
 
     corpora = [] if a.no_corpus else (a.corpus or None)
-    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora)
+    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, models=a.model or (), train_presets=a.train_preset)
     return 0
 
 
@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
     s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
+    s.add_argument("--model", action="append", help="a model to ship in the page's gallery after CKPT: a directory "
+                   "(Hugging Face GPT-2 or tgc checkpoint) or a shipped model's name; repeatable; the first is the default")
+    s.add_argument("--train-preset", action="append", help="a preset the page can train from fresh weights "
+                   "(its artifact is shipped); repeatable; default --preset, else tiny")
     s.add_argument("--corpus", action="append", help="shakespeare (default), python, or a text file; repeatable")
     s.add_argument("--no-corpus", action="store_true", help="ship no training text")
     s.add_argument("-o", "--out", required=True, help="the site directory")
