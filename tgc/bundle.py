@@ -115,7 +115,9 @@ def _corpus_file(name: str, used: set) -> str:
 
 
 def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=print) -> Path:
-    """Write the site; returns its path. corpora: names/paths (None: shakespeare; [] none)."""
+    """Write the site; returns its path. `ckpt`: a checkpoint directory or a gallery model's name.
+    corpora: names/paths (None: shakespeare; [] none)."""
+    from tgc import gallery
     from tgc.data import load_text
     from tgc.tokenizer import byte_tokenizer
 
@@ -123,6 +125,8 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "site.json").exists())):
         raise TgcError(f"{out} exists and is not a previous bundle (no site.json); choose another -o")
+    if ckpt is not None:
+        ckpt = gallery.resolve(ckpt)
     art, ck = _artifact_for(ckpt, preset, log)
     texts = []
     for c in (["shakespeare"] if corpora is None else corpora):

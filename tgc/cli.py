@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
-    s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
+    s.add_argument("ckpt", nargs="?", help="a checkpoint directory or gallery model to ship (default: fresh weights)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
     s.add_argument("--corpus", action="append", help="shakespeare (default), python, or a text file; repeatable")
     s.add_argument("--no-corpus", action="store_true", help="ship no training text")
