@@ -97,7 +97,7 @@ def hf_config(cfg: dict, tgc: dict) -> dict:
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
         "add_cross_attention": False,
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,  # tgc trains without dropout
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,  # tgc's dropout is a training setting (trainer_state.json)
         "initializer_range": 0.02,
         "bos_token_id": cfg.get("bos_token_id"), "eos_token_id": cfg.get("eos_token_id"), "pad_token_id": None,
         "use_cache": True,
@@ -570,6 +570,7 @@ def validate_tgc_section(tgc: dict, where: str) -> None:
     train = f("train", "dict") or {}
     for key in ("beta1", "beta2", "weight_decay", "min_lr_ratio"):
         field_value(train, key, where, "number", lo=0, hi=1, section="tgc.train")
+    field_value(train, "dropout", where, "number", lo=0, hi=0.999, section="tgc.train")
     for key in ("eps", "lr", "grad_clip"):
         field_value(train, key, where, "number", gt=0, section="tgc.train")
     field_value(train, "warmup", where, "int", lo=0, section="tgc.train")
@@ -615,6 +616,7 @@ def validate_trainer_state(state: dict, where: str, config_step: int | None = No
     field_value(best, "val_loss", where, "number", section="best")
     batch = field_value(state, "batch", where, "int", lo=1, hi=_MAX_BATCH)
     field_value(state, "warmup", where, "int", lo=0)
+    field_value(state, "dropout", where, "number", lo=0, hi=0.999)
     field_value(state, "total_steps", where, "int", lo=1)
     for key in ("corpus", "corpus_digest"):
         field_value(state, key, where, "str")

@@ -85,7 +85,7 @@ def cmd_train(a) -> int:
         preset=a.preset, corpus=a.corpus, steps=a.steps, out=a.out, backend=a.backend, resume=a.resume, seed=a.seed,
         lr=a.lr, batch=a.batch, tokenizer=a.tokenizer, eval_every=a.eval_every, ckpt_every=a.ckpt_every,
         model_path=a.model, warmup=a.warmup, progress=sys.stderr.isatty(), weight_decay=a.weight_decay,
-        min_lr_ratio=a.min_lr_ratio, keep_best=not a.no_keep_best, init=a.init,
+        min_lr_ratio=a.min_lr_ratio, keep_best=not a.no_keep_best, init=a.init, dropout=a.dropout,
     )
     return 130 if getattr(r, "interrupted", False) else 0
 
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, help=f"warmup steps ({train_defaults()['warmup_steps']}, or a tenth of the run "
                    "if shorter)")
     s.add_argument("--batch", type=int, help="batch size (the preset's)")
+    s.add_argument("--dropout", type=float, help="dropout rate on embeddings and residual branches, training only "
+                   "(0 for a new run)")
     s.add_argument("--tokenizer", help="byte (the default for a new run) or bpe:N")
     s.add_argument("--eval-every", type=int, help="steps between validation losses (a tenth of the run, at most 500)")
     s.add_argument("--ckpt-every", type=int, help="steps between checkpoints (a quarter of the run, at most 1000)")

@@ -41,5 +41,6 @@ def train_defaults() -> dict:
 
 
 def model_config(preset: dict) -> dict:
-    """The config values gpt.tg takes, from a preset table."""
-    return {k: preset[k] for k in ("vocab", "ctx", "d", "heads", "layers") if k in preset}
+    """The config values gpt.tg takes, from a preset table (pdrop, the dropout rate, only where
+    a run sets it: it changes train_step alone)."""
+    return {k: preset[k] for k in ("vocab", "ctx", "d", "heads", "layers", "pdrop") if k in preset}

@@ -40,10 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tgc import presets
+from tgc import presets, rng
 from tgc.checkpoint import CONFIG, check_not_cwd, load_checkpoint, recover, save_checkpoint
 from tgc.data import load_dataset
 from tgc.errors import TgcError
+from tgc.ir.program import DROPOUT_KEY
 from tgc.preflight import checked_runtime, estimate, fmt_bytes, param_count, require
 
 DEFAULT_EVAL_BATCHES = 8
@@ -274,14 +275,16 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
           eval_batches: int | None = None, ckpt_every: int | None = None, model_path=None,
           warmup: int | None = None, stop_at: int | None = None, progress: bool = True, log=print,
           weight_decay: float | None = None, min_lr_ratio: float | None = None, keep_best: bool = True,
-          init=None) -> TrainResult:
+          init=None, dropout: float | None = None) -> TrainResult:
     """Train (or, with `resume`, continue) a model; `steps` is the total the schedule plans for.
     None means: from the checkpoint when resuming, else the default (preset tiny, corpus
     shakespeare, seed 0, lr, warmup, weight decay and min_lr_ratio from presets.toml, the
-    preset's batch, byte tokenizer). `stop_at` ends the run after that step as Ctrl-C would
+    preset's batch, byte tokenizer, no dropout). `stop_at` ends the run after that step as Ctrl-C would
     (a resumable checkpoint). `keep_best`: save the weights of every new lowest validation
     loss in OUT/best. `init`: a checkpoint directory or gallery name whose weights (shape,
     tokenizer and model file too) start this new run; the AdamW moments start at zero.
+    `dropout` is the rate of gpt.tg's pdrop, in train_step only; its masks come from the
+    host RNG's stream "dropout", one key per step (tgc/ir/program.py).
 
     Before the first step: every option is checked, --out must be absent or empty (or, with
     `resume`, a checkpoint), its parent writable with room for a save, and the model's memory
@@ -327,13 +330,17 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
             raise TgcError(f"--init {init} has the tokenizer {init_ck.tokenizer.kind}, not {tokenizer}; "
                            "leave --tokenizer out")
     defaults = presets.train_defaults()
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout < 1):
+        raise TgcError(f"--dropout must be a number from 0 up to (not including) 1, got {dropout!r}")
     given = {"preset": preset, "corpus": corpus, "tokenizer": tokenizer, "seed": seed, "lr": lr, "batch": batch,
-             "warmup": warmup, "weight_decay": weight_decay, "min_lr_ratio": min_lr_ratio}
+             "warmup": warmup, "weight_decay": weight_decay, "min_lr_ratio": min_lr_ratio, "dropout": dropout}
     s = _settings(ck.state if ck else None, given,
                   {"preset": shape_ck.tgc.get("preset") if shape_ck else "tiny", "corpus": "shakespeare",
                    "tokenizer": init_ck.tokenizer.kind if init_ck else "byte", "seed": 0, "lr": defaults["lr"],
                    "warmup": min(defaults["warmup_steps"], max(1, steps // 10)),
-                   "weight_decay": defaults["weight_decay"], "min_lr_ratio": defaults.get("min_lr_ratio", 0.1)}, log)
+                   "weight_decay": defaults["weight_decay"], "min_lr_ratio": defaults.get("min_lr_ratio", 0.1),
+                   "dropout": 0.0}, log)
     p = presets.get_preset(s["preset"] or "tiny")
     if shape_ck is not None and not s["preset"]:  # a model of no preset's shape (an import): its own config
         p.update(shape_ck.compile_config)
@@ -377,8 +384,11 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
 
     t0 = time.perf_counter()
     # weight decay and min_lr_ratio are compiled into train_step: only values other than
-    # presets.toml's join the overrides, so a default run shares its artifact with earlier ones
+    # presets.toml's join the overrides, so a default run shares its artifact with earlier ones;
+    # likewise pdrop (dropout) only when a run sets it
     regular = {k: float(s[k]) for k in ("weight_decay", "min_lr_ratio") if float(s[k]) != float(defaults.get(k, 0.1))}
+    if s["dropout"]:
+        regular["pdrop"] = float(s["dropout"])
     rt = checked_runtime(source, s["preset"], {**config, "batch": B, **regular}, backend, "train", what, log,
                          filename, ("train_step", "eval_loss"))
     backend_name = getattr(rt, "backend", backend)
@@ -430,7 +440,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
                "model_origin": model_file, "backend": backend_name,
                "train": {**{k: defaults[k] for k in ("beta1", "beta2", "eps", "grad_clip")},
                          "weight_decay": s["weight_decay"], "min_lr_ratio": s["min_lr_ratio"],
-                         "lr": s["lr"], "warmup": s["warmup"], "total_steps": steps, "seed": s["seed"]},
+                         "lr": s["lr"], "warmup": s["warmup"], "total_steps": steps, "seed": s["seed"],
+                         "dropout": s["dropout"]},
                "wall_s": round(prev_wall + time.perf_counter() - t_start, 1)}
         if history:
             tgc["train_loss"] = history[-1][1]
@@ -490,6 +501,8 @@ def train(preset: str | None = None, corpus: str | None = None, steps: int = 100
         try:
             while step < end and not flag.stop:
                 idx, targets = data.batch(s["seed"], step + 1, B, T)
+                if s["dropout"]:  # the step's key: counter `step` of stream "dropout" (tgc/ir/program.py)
+                    uniforms[DROPOUT_KEY] = rng.bits(s["seed"], "dropout", step, 1).view(np.int32)[0]
                 outs = rt.run("train_step", inputs={"idx": idx, "targets": targets},
                               uniforms={"step": np.float32(step + 1), **uniforms}, read=reads)
                 step += 1

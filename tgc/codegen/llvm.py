@@ -129,6 +129,22 @@ def _idivmod(g, e, s):
     return b.sub(q, b.zext(fix, I64)) if e.op is Op.IDIV else b.select(fix, b.add(r, s[1]), r)
 
 
+def _rand(g, e, s):
+    """RAND: tgc/rng.py's mix (lowbias32) in wrapping i32 arithmetic; top 24 bits / 2^24."""
+    b = g.b
+
+    def mix(x):
+        for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B), (16, None)):
+            x = b.xor(x, b.lshr(x, ir.Constant(I32, shift)))
+            if mul is not None:
+                x = b.mul(x, ir.Constant(I32, mul))
+        return x
+
+    counter, key = (b.trunc(v, I32) for v in s)
+    bits = mix(b.add(key, mix(counter)))
+    return b.fmul(b.uitofp(b.lshr(bits, ir.Constant(I32, 8)), F32), _cf(2.0**-24))
+
+
 _CMP = {Op.CMPLT: "<", Op.CMPEQ: "=="}
 # op -> lowering (generator, expression, operand values), for f32 values and i32 index math
 F32_OPS = {
@@ -140,7 +156,7 @@ F32_OPS = {
     Op.EXP: lambda g, e, s: g.b.call(g.lib.get(Op.EXP), s), Op.LOG: lambda g, e, s: g.b.call(g.lib.get(Op.LOG), s),
     Op.TANH: lambda g, e, s: g.b.call(g.lib.get(Op.TANH), s), Op.COS: lambda g, e, s: g.b.call(g.lib.get(Op.COS), s),
     Op.ERF: lambda g, e, s: g.b.call(g.kmath(Op.ERF), s),
-    Op.CMPLT: _icmp, Op.CMPEQ: _icmp,
+    Op.CMPLT: _icmp, Op.CMPEQ: _icmp, Op.RAND: _rand,
     Op.WHERE: lambda g, e, s: g.b.select(g.b.fcmp_unordered("!=", s[0], _cf(0.0)), s[1], s[2]),
     Op.CAST: lambda g, e, s: _convert(g.b, s[0], e.srcs[0].dtype, e.arg),
 }

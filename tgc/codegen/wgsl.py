@@ -49,6 +49,7 @@ OPS = {
     Op.TANH: lambda a: f"tanh(clamp({a}, -15.0, 15.0))",  # some drivers give NaN for large |x|
     Op.ERF: lambda a: f"tgc_erf({a})",  # tgc/ir/kmath.py
     Op.COS: lambda a: f"cos({a})",
+    Op.RAND: lambda a, b: f"tgc_rand({a}, {b})",  # RAND_FNS below
     Op.CMPLT: lambda a, b: f"select(0.0, 1.0, {a} < {b})",
     Op.CMPEQ: lambda a, b: f"select(0.0, 1.0, {a} == {b})",
     Op.WHERE: lambda c, a, b: f"select({b}, {a}, {c} != 0.0)",
@@ -164,9 +165,23 @@ class _Exprs:
         return n
 
 
+# RAND: tgc/rng.py's mix (lowbias32) on u32, wrapping like the host's; top 24 bits / 2^24.
+RAND_FNS = """fn tgc_mix(x0: u32) -> u32 {
+  var x = x0;
+  x = x ^ (x >> 16u); x = x * 0x7feb352du; x = x ^ (x >> 15u); x = x * 0x846ca68bu; x = x ^ (x >> 16u);
+  return x;
+}
+fn tgc_rand(counter: i32, key: i32) -> f32 {
+  return f32(tgc_mix(bitcast<u32>(key) + tgc_mix(bitcast<u32>(counter))) >> 8u) * 5.9604644775390625e-8;
+}
+"""
+
+
 def math_functions(body: str) -> str:
-    """The tgc/ir/kmath.py functions `body` calls (and tgc_f32_bits), as WGSL functions."""
+    """The tgc/ir/kmath.py functions `body` calls (and tgc_f32_bits, tgc_rand), as WGSL functions."""
     out = [F32_BITS_FN] if "tgc_f32_bits(" in body else []
+    if "tgc_rand(" in body:
+        out.append(RAND_FNS)
     for op, definition in kmath.FUNCTIONS.items():
         name = f"tgc_{op.name.lower()}"
         if name + "(" in body:

@@ -22,7 +22,7 @@ BUILTIN_ARITY: dict[str, tuple[int, int]] = {
     "cross_entropy": (2, 2), "split": (2, 3), "transpose": (1, 1), "reshape": (2, 2), "permute": (2, 2),
     "gelu": (1, 1), "gelu_tanh": (1, 1), "relu": (1, 1), "softmax": (1, 2),
     "exp": (1, 1), "log": (1, 1), "sqrt": (1, 1), "tanh": (1, 1),
-    "sum": (2, 2), "mean": (2, 2), "max": (2, 2),
+    "sum": (2, 2), "mean": (2, 2), "max": (2, 2), "dropout": (2, 2),
 }
 CONST_FUNCS = {"sqrt": math.sqrt, "exp": math.exp, "log": math.log}  # allowed in size/std expressions
 INITS = {"normal": 1, "zeros": 0, "ones": 0}  # init -> number of arguments

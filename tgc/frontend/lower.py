@@ -471,6 +471,14 @@ def _softmax(L, v, e, loc):
     return build.softmax(x, axis, loc)
 
 
+def _dropout(L, v, e, loc):
+    x = L.tensor(v[0], e[0], "dropout input", "f32")
+    p = L.number(v[1], e[1], "dropout rate")
+    if not 0 <= p < 1:
+        _fail(f"dropout rate must be in [0, 1), got {p}", e[1].loc)
+    return build.dropout(x, p, loc)  # active in train_step only (tgc/ir/program.py)
+
+
 def _reduction(fn):
     def lower(L, v, e, loc):
         x = L.tensor(v[0], e[0], "argument", "f32")
@@ -500,6 +508,7 @@ _BUILTINS = {
     "sum": _reduction(build.reduce_sum),
     "mean": _reduction(build.mean),
     "max": _reduction(build.reduce_max),
+    "dropout": _dropout,
 }
 assert set(_BUILTINS) == set(BUILTIN_ARITY), set(_BUILTINS) ^ set(BUILTIN_ARITY)
 

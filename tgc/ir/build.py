@@ -110,6 +110,16 @@ def _un(op):
 neg, exp, log, sqrt, recip, tanh, erf, cos = map(_un, (Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RECIP, Op.TANH, Op.ERF, Op.COS))
 
 
+def rand(counter: Node, key: Node, loc=None) -> Node:
+    """Uniform [0, 1) f32 from i32 counters under an i32 key (scalar keys broadcast)."""
+    return make(Op.RAND, (counter, broadcast_to(key, counter.shape, loc)), None, loc)
+
+
+def dropout(x: Node, p: float, loc=None) -> Node:
+    """Inverted dropout of rate p, active in train_step only (tgc/ir/program.py resolves it)."""
+    return x if p == 0 else make(Op.DROPOUT, (x,), float(p), loc or x.loc)
+
+
 def cast(x: Node, dtype: str, loc=None) -> Node:
     return x if x.dtype == dtype else make(Op.CAST, (x,), dtype, loc or x.loc)
 

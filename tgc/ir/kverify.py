@@ -60,6 +60,9 @@ def _check_exprs(k: Kernel, roots: list[KExpr], axes: set[str] | None, where: st
         elif e.dtype == "i32" and op not in (Op.CONST, Op.UNIFORM, Op.CAST, Op.WHERE):
             if op not in _I32_OPS or any(s.dtype != "i32" for s in e.srcs):
                 raise KernelVerifyError(f"{where}: i32 {op.name} over {[s.dtype for s in e.srcs]}")
+        elif op is Op.RAND:
+            if e.dtype != "f32" or any(s.dtype != "i32" for s in e.srcs):
+                raise KernelVerifyError(f"{where}: rand {[s.dtype for s in e.srcs]} -> {e.dtype}")
         elif e.dtype == "f32" and (op in GroupOp.Unary or op in GroupOp.Binary) and op not in (Op.CMPLT, Op.CMPEQ, Op.CAST):
             if any(s.dtype != "f32" for s in e.srcs):
                 raise KernelVerifyError(f"{where}: f32 {op.name} over {[s.dtype for s in e.srcs]}")

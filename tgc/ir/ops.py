@@ -56,6 +56,10 @@ class Op(Enum):
     CACHED_ATTENTION = auto()  # (q [B,Tq,d], kc, vc [B,S,d], pos scalar) arg=heads
     UPDATE_SLICE = auto()      # (buf [B,S,d], new [B,Tq,d], pos scalar) arg=axis: buf with new written at pos
     DETACH = auto()     # identity whose gradient is zero (stop_gradient); folded away after autodiff
+    DROPOUT = auto()    # arg=p: x * keep / (1 - p) in train_step, the identity elsewhere; resolved by
+                        # tgc/ir/program.py before autodiff (RAND over the host's key), never scheduled
+    RAND = auto()       # (counter i32, key i32) -> f32 in [0, 1): the host RNG's bits (tgc/rng.py) at that
+                        # counter under that key, top 24 bits / 2^24
     # kernel IR only (tgc/ir/kernel.py): scalar code inside one kernel
     LOAD = auto()       # arg=tensor name, srcs=(flat element index,)
     GIDX = auto()       # the flat output index this invocation computes
@@ -68,7 +72,7 @@ class Op(Enum):
 class GroupOp:
     Leaf = frozenset({Op.INPUT, Op.CONST, Op.UNIFORM, Op.IOTA})
     Unary = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.SQRT, Op.RECIP, Op.TANH, Op.ERF, Op.COS, Op.CAST})
-    Binary = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.CMPLT, Op.CMPEQ})
+    Binary = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAX, Op.MIN, Op.CMPLT, Op.CMPEQ, Op.RAND})
     Ternary = frozenset({Op.WHERE})
     Elementwise = Unary | Binary | Ternary
     Reduce = frozenset({Op.SUM, Op.RMAX})

@@ -6,8 +6,9 @@ persistent state, written in place: parameters, AdamW moments, KV caches). Its
 inputs and uniforms are whatever leaves the graph reaches, so passes never have to
 keep a side table in sync.
 
-- train_step: loss, gradients (autodiff), global-norm clipping, LR schedule and AdamW, all IR
-- eval_loss:  loss only
+- train_step: loss, gradients (autodiff), global-norm clipping, LR schedule and AdamW, all IR;
+              every DROPOUT becomes a mask drawn on the device from the host RNG (`_dropout`)
+- eval_loss:  loss only (DROPOUT is the identity here and in the programs below)
 - forward:    logits for a whole [1, ctx] sequence, no cache
 - prefill:    the same forward with every ATTENTION replaced by cache writes plus
               CACHED_ATTENTION, returning the logits at position len-1
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from tgc.errors import TgcError
 from tgc.ir import build
 from tgc.ir.autodiff import grad
 from tgc.ir.node import Node, make, substitute, toposort
@@ -112,6 +114,43 @@ def adamw(params: dict[str, Node], grads: dict[str, Node], cfg: TrainConfig) -> 
     return updates
 
 
+# The i32 uniform train_step takes when the model uses dropout: the step's key, tgc/rng.py's
+# bits(seed, "dropout", step - 1) as a bit pattern (tgc/train.py, runtime/ in the browser).
+DROPOUT_KEY = "dropout_key"
+
+
+def _dropout(outputs: list[Node], training: bool) -> list[Node]:
+    """Resolve every DROPOUT(x, p): the identity, or (training) x * where(u < p, 0, 1 / (1 - p))
+    with u = RAND(counter, key). Each site takes its own range of counters (its elements in
+    order, after the earlier sites' in graph order), so one key per step gives every site and
+    element an independent draw, computed the same way by numpy, WGSL and wasm."""
+    from tgc.ir.passes import _rewrite
+
+    b = build
+    key = b.uniform(DROPOUT_KEY, "i32")
+    offset = 0
+
+    def fn(n: Node):
+        nonlocal offset
+        if n.op is not Op.DROPOUT:
+            return None
+        x, p = n.srcs[0], n.arg
+        if not training:
+            return x
+        counter = b.reshape(b.iota((x.size,), 0), x.shape)
+        if offset:
+            counter = b.add(counter, b.full(x.shape, offset, "i32"))
+        offset += x.size
+        if offset >= 2**31:
+            raise TgcError(f"dropout draws {offset:,} numbers per step, more than i32 counters hold")
+        drop = b.cmplt(b.rand(counter, key), b.full(x.shape, p))
+        return b.mul(x, b.where(drop, b.full(x.shape, 0.0), b.full(x.shape, 1.0 / (1.0 - p))))
+
+    if not any(n.op is Op.DROPOUT for n in toposort(outputs)):
+        return outputs
+    return _rewrite(outputs, fn)
+
+
 def _bind_pos(outputs: list[Node], value: Node) -> list[Node]:
     """Bind the forward definition's position-offset uniform `pos` to `value`."""
     mapping = {n: value for n in toposort(outputs) if n.op is Op.UNIFORM and n.arg["name"] == "pos"}
@@ -161,17 +200,18 @@ def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig(), only=PRO
     if "train_step" in only or "eval_loss" in only:
         idx = build.input("idx", (batch, ctx), "i32")
         targets = build.input("targets", (batch, ctx), "i32")
-        (loss,) = _bind_pos([model.call("loss", idx, targets)], zero)
+        (model_loss,) = _bind_pos([model.call("loss", idx, targets)], zero)
+        (loss,) = _dropout([model_loss], training=True)
         grads = dict(zip(params, grad(loss, list(params.values()))))
         progs["train_step"] = Program(
             "train_step",
             {"loss": loss, **{f"grad/{k}": g for k, g in grads.items()}},
             adamw(params, grads, cfg),
         )
-        progs["eval_loss"] = Program("eval_loss", {"loss": loss})
+        progs["eval_loss"] = Program("eval_loss", {"loss": _dropout([model_loss], training=False)[0]})
 
     seq = build.input("tokens", (1, ctx), "i32")
-    (logits,) = _bind_pos([model.call("logits", seq)], zero)
+    (logits,) = _dropout(_bind_pos([model.call("logits", seq)], zero), training=False)
     progs["forward"] = Program("forward", {"logits": logits})
 
     # prefill: the prompt padded to ctx; `len` real tokens; logits of the last one
@@ -182,7 +222,7 @@ def build_programs(model, batch: int, cfg: TrainConfig = TrainConfig(), only=PRO
 
     tok = build.input("token", (1, 1), "i32")
     pos = build.uniform("pos", "i32")
-    (step_logits,) = _bind_pos([model.call("logits", tok)], pos)
+    (step_logits,) = _dropout(_bind_pos([model.call("logits", tok)], pos), training=False)
     step_logits, caches = _with_kv_cache(step_logits, pos, ctx)
     progs["decode_step"] = Program("decode_step", {"logits": build.reshape(step_logits, (1, vocab))}, caches)
     assert tuple(progs) == PROGRAMS[-len(progs):], f"build_programs made {tuple(progs)}, not {PROGRAMS}"

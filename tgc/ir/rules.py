@@ -92,6 +92,13 @@ def _cmp_shape(srcs, arg, loc):
     return "f32", srcs[0].shape
 
 
+def _rand_shape(srcs, arg, loc):
+    shape = _same_shapes(srcs, loc, "rand")
+    if any(s.dtype != "i32" for s in srcs):
+        _fail(loc, f"rand takes i32 counters and key, got {[s.dtype for s in srcs]}")
+    return "f32", shape
+
+
 def _where_shape(srcs, arg, loc):
     c, a, b = srcs
     return a.dtype, _same_shapes(srcs, loc, "where")
@@ -195,6 +202,16 @@ def _np_iota(arg):
     shape, axis = tuple(arg["shape"]), arg["axis"]
     r = np.arange(shape[axis], dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(len(shape))])
     return np.broadcast_to(r, shape).copy()
+
+
+def _np_rand(arg, counter, key):
+    """tgc/rng.py's bits at `counter` under `key` (both i32 bit patterns), as f32 in [0, 1)."""
+    from tgc.rng import mix
+
+    u32 = lambda v: (np.asarray(v).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        bits = mix(u32(key) + mix(u32(counter)))
+    return (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
 
 
 def _np_cast(arg, x):
@@ -473,6 +490,9 @@ RULES[Op.PAD] = OpRule(_pad_shape, _np_pad, _g_pad)
 RULES[Op.DSLICE] = OpRule(_dslice_shape, _np_dslice)
 RULES[Op.MATMUL] = OpRule(_matmul_shape, lambda a, x, y: np.matmul(x, y), _g_matmul)
 RULES[Op.EMBED] = OpRule(_embed_shape, lambda a, t, i: t[i], _g_embed)
+RULES[Op.RAND] = OpRule(_rand_shape, _np_rand, _g_none2)
+RULES[Op.DROPOUT] = OpRule(_unary_shape, lambda a, x: x)  # its numpy meaning outside train_step; no gradient rule:
+# train_step resolves it (tgc/ir/program.py) before autodiff
 RULES[Op.DETACH] = OpRule(_unary_shape, lambda a, x: x, lambda n, g: (None,))
 RULES[Op.UPDATE_SLICE] = OpRule(_update_slice_shape, _np_update_slice)
 RULES[Op.ATTENTION] = OpRule(_attention_shape, decompose=_decompose_attention)
