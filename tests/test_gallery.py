@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -361,3 +362,17 @@ def test_first_generation_of_a_huge_model_is_fast(tmp_path):
     wall = time.perf_counter() - t
     assert p.returncode == 0 and p.stdout.startswith("ROMEO:") and "200 new tokens" in p.stderr
     assert wall < 10, f"{wall:.1f}s"
+
+
+def test_package_data_ships_every_file_of_a_gallery_model(gallery):
+    """pyproject's package-data for tgc.gallery covers every file `tgc export` writes (setuptools
+    globs: `*` stays within one path component)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tgc.gallery"]
+    pats = [re.compile(g.replace(".", r"\.").replace("*", "[^/]*")) for g in globs]
+    files = [p.relative_to(gallery).as_posix() for p in (gallery / "tinyverse").rglob("*") if p.is_file()]
+    assert any(f.endswith(".wgsl") for f in files) and "tinyverse/artifact/KEY" in files
+    missed = [f for f in files if not any(p.fullmatch(f) for p in pats)]
+    assert not missed, missed
