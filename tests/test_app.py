@@ -451,14 +451,17 @@ def test_train_from_scratch(playwright, app_site, tmp_path):
 
 
 def test_bundle_model_by_name(tmp_path, monkeypatch):
-    """--model takes a directory, or the name of a model shipped in tgc/gallery/."""
+    """--model takes a directory, or the name of a gallery model (tgc/gallery.py resolves both)."""
     from tgc import bundle
+    from tgc.errors import TgcError
 
-    monkeypatch.setattr(bundle, "gallery_dir", lambda: tmp_path / "gallery")
+    monkeypatch.setenv("TGC_GALLERY_DIR", str(tmp_path / "gallery"))
     (tmp_path / "gallery" / "shakespeare").mkdir(parents=True)
+    (tmp_path / "gallery" / "shakespeare" / "config.json").write_text("{}")
     assert bundle.resolve_model("shakespeare") == tmp_path / "gallery" / "shakespeare"
     assert bundle.resolve_model(str(tmp_path)) == tmp_path
-    assert bundle.resolve_model("nope") == Path("nope")   # then: "checkpoint nope not found", exit 2
+    with pytest.raises(TgcError, match="no gallery model of that name"):
+        bundle.resolve_model("nope")
 
 
 def test_estimate_measures_the_training_preset_beside_another_model(playwright, other_model, tmp_path):

@@ -67,17 +67,11 @@ def schema_path() -> Path | None:
     return p if p.exists() else None
 
 
-def gallery_dir() -> Path:
-    """Where the package's shipped models live (tgc/gallery/NAME/, each a GPT-2 directory)."""
-    return Path(__file__).resolve().parent / "gallery"
-
-
 def resolve_model(m) -> Path:
-    """A --model argument: a directory, else the name of a shipped model (tgc/gallery/NAME)."""
-    p = Path(m)
-    if p.exists() or os.sep in str(m) or not (gallery_dir() / str(m)).is_dir():
-        return p
-    return gallery_dir() / str(m)
+    """A --model argument or the checkpoint: a directory, else a gallery name (tgc/gallery.py)."""
+    from tgc import gallery
+
+    return gallery.resolve(m)
 
 
 def _load_model(path, preset: str | None = None):
@@ -243,7 +237,7 @@ def bundle(ckpt=None, out="site", preset: str | None = None, corpora=None, log=p
         presets.get_preset(name)  # an unknown preset: one line, exit 2
     gallery = []  # (Checkpoint, dir, card, is_ckpt)
     if ckpt is not None:
-        gallery.append((*_load_model(ckpt, preset), True))
+        gallery.append((*_load_model(resolve_model(ckpt), preset), True))
     for m in models:
         gallery.append((*_load_model(resolve_model(m)), False))
     texts = []

@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
-    s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
+    s.add_argument("ckpt", nargs="?", help="a checkpoint directory or gallery model to ship (default: fresh weights)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
     s.add_argument("--model", action="append", help="a model to ship in the page's gallery after CKPT: a directory "
                    "(Hugging Face GPT-2 or tgc checkpoint) or a shipped model's name; repeatable; the first is the default")
