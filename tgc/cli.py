@@ -188,11 +188,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+DEFAULT_MODEL = "shakespeare"  # the gallery model a plain `tgc bundle` opens with
+
+
 def cmd_bundle(a) -> int:
     from tgc.bundle import bundle
 
+    from tgc import gallery
+
     corpora = [] if a.no_corpus else (a.corpus or None)
-    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, models=a.model or (), train_presets=a.train_preset)
+    models = a.model or ()
+    if a.ckpt is None and not models and a.preset is None:  # a page with a usable model on first load
+        models = sorted(gallery.names(), key=lambda n: n != DEFAULT_MODEL)
+        if models:
+            print(f"shipping the gallery ({', '.join(models)}; {models[0]} first); pass a checkpoint, --model or "
+                  "--preset for another choice", file=sys.stderr)
+    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, models=models, train_presets=a.train_preset)
     return 0
 
 
@@ -305,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
-    s.add_argument("ckpt", nargs="?", help="a checkpoint directory or gallery model to ship (default: fresh weights)")
+    s.add_argument("ckpt", nargs="?", help="a checkpoint directory or gallery model to ship (default: the gallery, shakespeare "
+                   "first; fresh weights of --preset when that is given)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
     s.add_argument("--model", action="append", help="a model to ship in the page's gallery after CKPT: a directory "
                    "(Hugging Face GPT-2 or tgc checkpoint) or a shipped model's name; repeatable; the first is the default")
