@@ -38,6 +38,7 @@ export async function capabilities() {
   const info = adapter ? (adapter.info || {}) : {};
   return {
     webgpu: { ok: !!adapter, reason, vendor: info.vendor || "", architecture: info.architecture || "", description: info.description || "",
+              features: adapter ? [...adapter.features] : [],
               software: !!adapter && isSoftwareAdapter(adapter),
               limits: adapter ? Object.fromEntries(["maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupStorageSize", "maxStorageBuffersPerShaderStage", "maxComputeInvocationsPerWorkgroup"].map((k) => [k, adapter.limits[k]])) : null },
     memory64: m64,
@@ -258,7 +259,9 @@ export class Model {
     if (!(o.maxNewTokens >= 0)) throw new Error(`maxNewTokens must be >= 0, got ${o.maxNewTokens}`);
     if (!(o.temperature >= 0)) throw new Error(`temperature must be >= 0, got ${o.temperature}`);
     if (o.topP != null && !(o.topP > 0 && o.topP <= 1)) throw new Error(`topP must be in (0, 1], got ${o.topP}`);
-    const stats = { promptTokens: 0, newTokens: 0, firstTokenMs: 0, totalMs: 0, tokensPerS: 0, tokenIds: [], backend: this.backend };
+    // tokensPerS counts the tokens after the first over the time after it: the prompt's
+    // prefill (which gives the first token) is firstTokenMs, never part of the rate
+    const stats = { promptTokens: 0, newTokens: 0, firstTokenMs: 0, totalMs: 0, tokensPerS: 0, tokenIds: [], backend: this.backend, kvCache: o.kvCache };
     const self = this;
     let release;
     const gen = (async function* () {
@@ -298,7 +301,7 @@ export class Model {
       const now = performance.now();
       if (i === 0) stats.firstTokenMs = now - t0;
       stats.totalMs = now - t0;
-      stats.tokensPerS = stats.newTokens / Math.max(stats.totalMs / 1000, 1e-9);
+      stats.tokensPerS = decodeRate(stats);
       if (nxt === this.eosTokenId) break; // end of text (config.json's eos_token_id): counted, not printed
       const piece = dec.push(nxt);
       if (piece) yield piece;
@@ -315,9 +318,43 @@ export class Model {
       }
     }
     const rest = dec.flush();
-    stats.totalMs = performance.now() - t0;
-    stats.tokensPerS = stats.newTokens / Math.max(stats.totalMs / 1000, 1e-9);
+    stats.tokensPerS = decodeRate(stats);
     if (rest) yield rest;
+  }
+
+  /** The warm-up behind the training-time estimate: `steps` timed runs each of train_step,
+   * eval_loss and decode_step (little math, as many launches as a forward pass: the
+   * overhead probe) on random tokens, after one untimed run each (which on WebGPU creates
+   * the pipelines); medians in ms. The parameters, moments and KV caches are read before
+   * and written back after, so the model is as it was. */
+  measure({ steps = 3 } = {}) {
+    return this._exclusive(async () => {
+      const keep = await this._readState(true);
+      const T = this.config.ctx, B = this.batch, V = this.config.vocab;
+      const rand = () => Int32Array.from({ length: B * T }, () => Math.floor(Math.random() * V));
+      const time = async (program, uniforms) => {
+        const ms = [];
+        const decode = program === "decode_step";
+        for (let i = 0; i <= steps; i++) {
+          const t0 = performance.now();
+          const inputs = decode ? { token: new Int32Array([Math.floor(Math.random() * V)]) } : { idx: rand(), targets: rand() };
+          await this.executor.run(program, { inputs, uniforms: this._uniforms(uniforms), read: [decode ? "logits" : "loss"] });
+          if (i) ms.push(performance.now() - t0);
+        }
+        return ms.sort((a, b) => a - b)[ms.length >> 1];
+      };
+      try {
+        const trainMs = await time("train_step", { step: 1, lr: 0, warmup: 1, total_steps: 1 });
+        const evalMs = await time("eval_loss", {});
+        const decodeMs = await time("decode_step", { pos: 0 });
+        const launches = (p) => this.manifest.programs[p].launches.length;
+        return { trainMs, evalMs, decodeMs, steps, backend: this.backend,
+                 launches: { train_step: launches("train_step"), eval_loss: launches("eval_loss"), decode_step: launches("decode_step") } };
+      } finally {
+        for (const [n, t] of Object.entries(keep)) await this.executor.write(n, t.data);
+        for (const t of this.manifest.tensors) if (t.role === "kv_cache") await this.executor.write(t.name, new Float32Array(numel(t.shape)));
+      }
+    });
   }
 
   /** Every parameter (and with `moments`, every AdamW moment) as {name: {shape, data}}. */
@@ -411,6 +448,11 @@ export class Model {
   }
 
   async close() { await this._lock; await this.executor.close(); }
+}
+
+function decodeRate(stats) {
+  const ms = stats.totalMs - stats.firstTokenMs;
+  return stats.newTokens > 1 && ms > 0 ? (stats.newTokens - 1) / (ms / 1000) : 0;
 }
 
 function epsFromSource(source) {

@@ -54,7 +54,9 @@ def backends():
 
 
 def dir_digest(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(d).iterdir())}
+    """Every file under `d` (a checkpoint's best/ included) by relative path -> sha256."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(d).rglob("*"))
+            if p.is_file()}
 
 
 def random_params(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:

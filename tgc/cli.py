@@ -189,11 +189,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+DEFAULT_MODEL = "shakespeare"  # the gallery model a plain `tgc bundle` opens with
+
+
 def cmd_bundle(a) -> int:
+    from tgc import gallery
     from tgc.bundle import bundle
 
     corpora = [] if a.no_corpus else (a.corpus or None)
-    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, model=a.model)
+    models = a.model or ()
+    if a.ckpt is None and not models and a.preset is None:  # a page with a usable model on first load
+        models = sorted(gallery.names(), key=lambda n: n != DEFAULT_MODEL)
+        if models:
+            print(f"shipping the gallery ({', '.join(models)}; {models[0]} first); pass a checkpoint, --model or "
+                  "--preset for another choice", file=sys.stderr)
+    bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, models=models, train_presets=a.train_preset)
     return 0
 
 
@@ -306,9 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("bundle", help="write a static browser site: page, runtime, artifact (+ checkpoint, corpora)")
-    s.add_argument("ckpt", nargs="?", help="a checkpoint directory to ship (default: fresh weights)")
+    s.add_argument("ckpt", nargs="?", help="a checkpoint directory or gallery model to ship (default: the gallery, shakespeare "
+                   "first; fresh weights of --preset when that is given)")
     s.add_argument("--preset", help="model size when no checkpoint is given (default tiny)")
-    s.add_argument("--model", help="the DSL model file when no checkpoint is given (default gpt.tg)")
+    s.add_argument("--model", action="append", help="a model to ship in the page's gallery after CKPT: a directory "
+                   "(Hugging Face GPT-2 or tgc checkpoint) or a shipped model's name; repeatable; the first is the default")
+    s.add_argument("--train-preset", action="append", help="a preset the page can train from fresh weights "
+                   "(its artifact is shipped); repeatable; default --preset, else tiny")
     s.add_argument("--corpus", action="append", help="shakespeare (default), python, or a text file; repeatable")
     s.add_argument("--no-corpus", action="store_true", help="ship no training text")
     s.add_argument("-o", "--out", required=True, help="the site directory")

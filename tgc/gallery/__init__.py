@@ -143,8 +143,8 @@ def card_from_checkpoint(ck, name: str, dtype: str) -> dict:
         "tokenizer": ck.tokenizer.kind,
         "steps": t.get("step"),
         "batch": t.get("batch"),
-        "schedule": {k: train.get(k) for k in ("lr", "warmup", "total_steps", "min_lr_ratio", "weight_decay")
-                     if k in train} or None,
+        "schedule": {k: train.get(k) for k in ("lr", "warmup", "total_steps", "min_lr_ratio", "weight_decay",
+                                               "dropout") if k in train} or None,
         "best_step": best.get("step"),
         "train_loss": t.get("train_loss"),
         "val_loss": best.get("val_loss", t.get("val_loss")),

@@ -371,6 +371,30 @@ def tensors_in_order(k: Kernel) -> list[str]:
     return order
 
 
+def rebuild(e: KExpr, post, memo: dict, pre=None) -> KExpr:
+    """e rebuilt bottom-up, each node once (iterative post-order: kernels of long fused chains
+    are deep). pre(x) -> a replacement taken as it is (its sources are not visited) or None;
+    post(x, new sources) -> the node that stands for x. `memo` maps id(old) -> new."""
+    stack = [e]
+    while stack:
+        x = stack[-1]
+        if id(x) in memo:
+            stack.pop()
+            continue
+        rep = pre(x) if pre is not None else None
+        if rep is not None:
+            memo[id(x)] = rep
+            stack.pop()
+            continue
+        todo = [s for s in x.srcs if id(s) not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        memo[id(x)] = post(x, tuple(memo[id(s)] for s in x.srcs))
+    return memo[id(e)]
+
+
 class Interner:
     """Hash-consing of expressions: structurally equal KExprs become one object, so equal
     kernels compare by identity (a DAG compared structurally revisits shared nodes)."""
@@ -380,26 +404,16 @@ class Interner:
 
     def __call__(self, e: KExpr, names: dict[str, str] | None = None, memo: dict | None = None) -> KExpr:
         """e interned, with every LOAD's tensor renamed through `names`."""
-        memo = {} if memo is None else memo
-        stack = [e]
-        while stack:  # iterative post-order: kernels of long fused chains are deep
-            x = stack[-1]
-            if id(x) in memo:
-                stack.pop()
-                continue
-            todo = [s for s in x.srcs if id(s) not in memo]
-            if todo:
-                stack.extend(todo)
-                continue
-            stack.pop()
-            srcs = tuple(memo[id(s)] for s in x.srcs)
+
+        def post(x: KExpr, srcs: tuple) -> KExpr:
             arg = names.get(x.arg, x.arg) if names and x.op is Op.LOAD else x.arg
             key = (x.op, x.dtype, tuple(id(s) for s in srcs), arg, x.vmin, x.vmax)
             hit = self.table.get(key)
             if hit is None:
                 hit = self.table[key] = KExpr(x.op, x.dtype, srcs, arg, x.vmin, x.vmax)
-            memo[id(x)] = hit
-        return memo[id(e)]
+            return hit
+
+        return rebuild(e, post, {} if memo is None else memo)
 
 
 def canonical(k: Kernel, tensors: dict, intern: Interner | None = None) -> tuple[Kernel, list[str]]:

@@ -34,7 +34,7 @@ import os
 from tgc.ir import kernel as K
 from tgc.ir import schedule as S
 from tgc.ir.affine import Aff, AffineIn, Unresolved, to_expr
-from tgc.ir.kernel import Interner, Kernel, KExpr, Nest, Region, canonical, const, kernel_key, walk
+from tgc.ir.kernel import Interner, Kernel, KExpr, Nest, Region, canonical, const, kernel_key, rebuild, walk
 from tgc.ir.ops import Op
 
 # ---------------------------------------------------------------- dedup
@@ -65,26 +65,12 @@ def dedup(schedules: dict) -> tuple[dict[str, Kernel], dict[str, list[tuple[str,
 
 
 def _subst(e: KExpr, fn, memo: dict) -> KExpr:
-    """e rebuilt bottom-up with fn(node) -> replacement or None (iterative)."""
-    stack = [e]
-    while stack:
-        x = stack[-1]
-        if id(x) in memo:
-            stack.pop()
-            continue
-        rep = fn(x)
-        if rep is not None:
-            memo[id(x)] = rep
-            stack.pop()
-            continue
-        todo = [s for s in x.srcs if id(s) not in memo]
-        if todo:
-            stack.extend(todo)
-            continue
-        stack.pop()
-        srcs = tuple(memo[id(s)] for s in x.srcs)
-        memo[id(x)] = x if all(a is b for a, b in zip(srcs, x.srcs)) else KExpr(x.op, x.dtype, srcs, x.arg, x.vmin, x.vmax)
-    return memo[id(e)]
+    """e rebuilt bottom-up with fn(node) -> replacement or None."""
+
+    def post(x: KExpr, srcs: tuple) -> KExpr:
+        return x if all(a is b for a, b in zip(srcs, x.srcs)) else KExpr(x.op, x.dtype, srcs, x.arg, x.vmin, x.vmax)
+
+    return rebuild(e, post, memo, pre=fn)
 
 
 def split_gid(k: Kernel) -> tuple[int, int, KExpr, KExpr, list]:

@@ -65,26 +65,12 @@ def make(op: Op, srcs: tuple[Node, ...] | list[Node] = (), arg: Any = None, loc:
 
 def toposort(outputs) -> list[Node]:
     """Nodes reachable from `outputs`, every node after its sources (iterative DFS)."""
-    order: list[Node] = []
-    seen: set[int] = set()
-    stack = [(n, False) for n in reversed(list(outputs))]
-    while stack:
-        n, done = stack.pop()
-        if done:
-            order.append(n)
-            continue
-        if n.uid in seen:
-            continue
-        seen.add(n.uid)
-        stack.append((n, True))
-        for s in reversed(n.srcs):
-            if s.uid not in seen:
-                stack.append((s, False))
-    return order
+    return toposort_until(outputs, ())
 
 
 def toposort_until(outputs, stop) -> list[Node]:
-    """Like toposort, but nodes in `stop` are neither returned nor descended into."""
+    """Nodes reachable from `outputs`, every node after its sources (iterative DFS); nodes in
+    `stop` are neither returned nor descended into."""
     order: list[Node] = []
     seen: set[int] = set()
     stack = [(n, False) for n in reversed(list(outputs)) if n not in stop]
