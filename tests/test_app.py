@@ -318,14 +318,10 @@ def _end_to_end(app: App, query: str, backend: str, tmp_path: Path, shots: dict,
     return pg
 
 
-@pytest.mark.parametrize("train_steps", [
-    pytest.param(10, id="ci"),
-    pytest.param(TRAIN_STEPS, id="full", marks=pytest.mark.slow(reason="50 SwiftShader training steps: ~7 min on 2 cores")),
-])
-def test_end_to_end_webgpu(playwright, app_site, tmp_path, train_steps):
-    """On SwiftShader a tiny training step takes 2-4 s and creating the training pipelines
-    ~80 s, so CI trains 10 steps here (every other step of the acceptance run is the same);
-    the full 50 run with --runslow (measured 7 min on the loaded 2-core machine)."""
+def test_end_to_end_webgpu(playwright, app_site, tmp_path):
+    """The acceptance run on SwiftShader, 50 training steps: a tiny step takes 2-4 s there and
+    creating the training pipelines ~80 s (about 6 minutes in all on the 2-core machine)."""
+    train_steps = TRAIN_STEPS
     app = App(playwright, app_site["url"], webgpu=True)
     shots = _shot_dir(tmp_path)
     try:
