@@ -376,3 +376,12 @@ def test_package_data_ships_every_file_of_a_gallery_model(gallery):
     assert any(f.endswith(".wgsl") for f in files) and "tinyverse/artifact/KEY" in files
     missed = [f for f in files if not any(p.fullmatch(f) for p in pats)]
     assert not missed, missed
+
+
+def test_plain_bundle_ships_the_gallery(gallery, tmp_path):
+    """`tgc bundle -o SITE` with no checkpoint, --model or --preset: a page whose first model
+    is a pretrained one (the gallery), not fresh weights."""
+    assert cli.main(["bundle", "-o", str(tmp_path / "site"), "--no-corpus"]) == 0
+    site = json.loads((tmp_path / "site" / "site.json").read_text())
+    assert site["default_model"] == "tinyverse", site
+    assert [m["name"] for m in site["models"]] == ["tinyverse"]

@@ -199,10 +199,7 @@ def cmd_bundle(a) -> int:
     corpora = [] if a.no_corpus else (a.corpus or None)
     models = a.model or ()
     if a.ckpt is None and not models and a.preset is None:  # a page with a usable model on first load
-        models = sorted(gallery.names(), key=lambda n: n != DEFAULT_MODEL)
-        if models:
-            print(f"shipping the gallery ({', '.join(models)}; {models[0]} first); pass a checkpoint, --model or "
-                  "--preset for another choice", file=sys.stderr)
+        models = sorted(gallery.names(), key=lambda n: n != DEFAULT_MODEL)  # bundle() says what it shipped
     bundle(a.ckpt, a.out, preset=a.preset, corpora=corpora, models=models, train_presets=a.train_preset)
     return 0
 
