@@ -29,7 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from torch_gpt import gpt_module  # noqa: E402  (the one PyTorch GPT of the benchmarks)
 
 OUT = Path(os.environ.get("OUT") or "/tmp/race")
 EVAL_BATCHES = 8
@@ -60,55 +63,6 @@ def run_tgc(a, steps: int, out: Path) -> dict:
     return {"steps": steps, "wall_s": wall, "setup_s": ready, "tokens_per_s": tok_s, "train_loss": float(m.group(1)), "val_loss": float(m.group(2))}
 
 
-def torch_model(p: dict, dropout: float, device: str):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    V, T, d, H, L = p["vocab"], p["ctx"], p["d"], p["heads"], p["layers"]
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-        def forward(self, x):
-            B = x.shape[0]
-            q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
-            q, k, v = (t.view(B, T, H, d // H).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + F.dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, d)), dropout, self.training)
-            return x + F.dropout(self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)))), dropout, self.training)
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, d), nn.Embedding(T, d)
-            self.h = nn.ModuleList(Block() for _ in range(L))
-            self.ln_f = nn.LayerNorm(d)
-
-        def forward(self, idx, tgt):
-            x = F.dropout(self.wte(idx) + self.wpe(torch.arange(T, device=idx.device)), dropout, self.training)
-            for blk in self.h:
-                x = blk(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1))
-
-    torch.manual_seed(0)
-    m = GPT()
-    for name, w in m.named_parameters():  # models/gpt.tg's init
-        if name.endswith("bias"):
-            nn.init.zeros_(w)
-        elif ".ln_" in name or name.startswith("ln_f"):
-            nn.init.ones_(w)
-        else:
-            std = 0.02 / math.sqrt(2 * L) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
-            nn.init.normal_(w, 0.0, std)
-    return m.to(device)
-
-
 def run_torch(a, mode: str, seconds: float, data, p: dict) -> dict:
     import numpy as np
     import torch
@@ -118,7 +72,8 @@ def run_torch(a, mode: str, seconds: float, data, p: dict) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     T, B = p["ctx"], a.batch
     t_setup = time.perf_counter()
-    model = torch_model(p, a.dropout, device)
+    torch.manual_seed(0)
+    model = gpt_module(a.preset, device, dropout=a.dropout, gpt_tg_init=True)
     decay = [w for w in model.parameters() if w.dim() >= 2]
     rest = [w for w in model.parameters() if w.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
@@ -153,7 +108,8 @@ def run_torch(a, mode: str, seconds: float, data, p: dict) -> dict:
     step_s = (time.perf_counter() - t0) / 30
     steps = plan(seconds, step_s)
     # a fresh model for the counted run, with the compiled graph kept
-    fresh = torch_model(p, a.dropout, device)
+    torch.manual_seed(0)
+    fresh = gpt_module(a.preset, device, dropout=a.dropout, gpt_tg_init=True)
     model.load_state_dict(fresh.state_dict())
     opt.state.clear()
     sched.update(steps=steps, warmup=min(100, max(1, steps // 10)))
