@@ -44,7 +44,9 @@ CARD_FIELDS = {
     "schedule": "lr, warmup, total_steps, min_lr_ratio, weight_decay (and dropout where used)",
     "best_step": "the step whose weights these are (keep-best), or null",
     "train_loss": "training loss at the last step (nats/token)",
-    "val_loss": "held-out loss of these weights (nats/token; nats/byte for the byte tokenizer)",
+    "val_loss": "held-out loss of these weights as tgc estimated it in training (nats/token; nats/byte for the byte tokenizer)",
+    "heldout_transformers": "the whole held-out split scored by transformers on the CPU: {nats_per_byte, command, scorer} "
+                            "(benchmarks/score_heldout.py), or null",
     "wall_time_s": "training wall time in seconds, compile included",
     "device": "where it trained (backend, GPU)",
     "dtype": "the weights' dtype",
